@@ -1,0 +1,187 @@
+/**
+ * The `filemesh` command line: `run` (the daemon), `add` (hand files to an ingest node), `status` (members
+ * and files by state). stdout carries data (CIDs, tables, JSON); logs and messages go to stderr, except the
+ * daemon's structured log lines, which go to stdout as a service's log does.
+ * Exit codes: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 78 bad configuration.
+ */
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import { parseRoles } from '../protocols/roles.ts'
+import { parseHostPort } from './api.ts'
+import { Daemon, NODE_INFO_FILE } from './daemon.ts'
+import type { NodeInfo } from './daemon.ts'
+import { addFiles } from './add.ts'
+import { configureLogging, isLogLevel } from './log.ts'
+import type { NodeStatus } from './status.ts'
+import { formatStatus } from './status-format.ts'
+
+export const EXIT_USAGE = 2
+export const EXIT_UNAVAILABLE = 69
+export const EXIT_CONFIG = 78
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
+const positiveInt = (what: string) => (value: string): number => {
+  const n = Number(value)
+  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`${what} must be a positive integer`)
+  return n
+}
+
+function program (): Command {
+  const cmd = new Command('filemesh')
+    .description('Peer-to-peer file distribution mesh: every file landing on an ingest node is processed by exactly one\nprocessing node and archived on a backup node, moved as content-addressed blocks over libp2p.')
+    .version(process.env.npm_package_version ?? '0.1.0', '-V, --version')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => { process.stderr.write(s) } })
+
+  cmd.command('run')
+    .description('Run the daemon. Writes DIR/node.json (peer ID, addresses, API address) once it serves.')
+    .requiredOption('--data <dir>', 'state directory: peer identity, database, spool (created if missing)')
+    .requiredOption('--roles <list>', 'comma-separated roles: ingest, process, backup', parseRoles)
+    .option('--listen <multiaddr>', 'address to listen on, repeatable (default /ip4/127.0.0.1/tcp/0)', collect)
+    .option('--bootstrap <multiaddr>', 'full multiaddr (with /p2p/ID) of a member to join through, repeatable', collect)
+    .option('--inbox <dir>', 'directory watched for new files (ingest role; default DIR/inbox)')
+    .option('--exec <cmd>', 'processing command, run by /bin/sh -c with the file as $1 (process role)')
+    .option('--exec-concurrency <n>', 'processing commands run at once', positiveInt('--exec-concurrency'), 2)
+    .option('--exec-attempts <n>', 'attempts before a file is marked failed', positiveInt('--exec-attempts'), 3)
+    .option('--exec-timeout-ms <ms>', 'time limit of one processing run', positiveInt('--exec-timeout-ms'), 3_600_000)
+    .option('--archive <dir>', 'archive directory (backup role; default DIR/archive)')
+    .option('--api <host:port>', 'local control API address', '127.0.0.1:0')
+    .option('--api-public', 'allow a non-loopback --api address')
+    .option('--weight <n>', 'relative capacity for placement', (v) => { const n = Number(v); if (!(n > 0)) throw new InvalidArgumentError('--weight must be > 0'); return n }, 1)
+    .option('--quiet-ms <ms>', 'an in-place file unchanged this long, and open by no writer, counts as complete', positiveInt('--quiet-ms'), 30_000)
+    .option('--heartbeat-ms <ms>', 'membership heartbeat interval', positiveInt('--heartbeat-ms'), 1_000)
+    .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default(process.env.FILEMESH_LOG_LEVEL ?? 'info'))
+    .action(async (opts) => { await runDaemon(opts) })
+
+  cmd.command('add')
+    .description('Hand files to an ingest node: hash each locally, copy it atomically into the node\'s inbox, and\nprint its CID (one per line). Works while the daemon is down when --data is given.')
+    .argument('<file...>', 'files to add')
+    .option('--data <dir>', 'the ingest node\'s state directory')
+    .option('--api <host:port>', 'the ingest node\'s control API')
+    .option('--link', 'hard-link instead of copying (only if nothing will modify the file afterwards)')
+    .action(async (files: string[], opts) => {
+      const inbox = await findInbox(opts)
+      for await (const added of addFiles(files, { inbox, link: opts.link === true })) process.stdout.write(`${added.cid}\n`)
+    })
+
+  cmd.command('status')
+    .description('Show live members and this node\'s files by state')
+    .option('--data <dir>', 'the node\'s state directory (reads DIR/node.json for the API address)')
+    .option('--api <host:port>', 'the node\'s control API')
+    .option('--json', 'print the status document as JSON')
+    .action(async (opts) => {
+      const status = await fetchStatus(await apiAddress(opts))
+      process.stdout.write(opts.json === true ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+    })
+  return cmd
+}
+
+class CliError extends Error {
+  override name = 'CliError'
+  readonly exitCode: number
+  constructor (message: string, exitCode: number) {
+    super(message)
+    this.exitCode = exitCode
+  }
+}
+
+async function readNodeInfo (dataDir: string): Promise<NodeInfo | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(path.join(dataDir, NODE_INFO_FILE), 'utf8')) as NodeInfo
+  } catch (err: any) {
+    if (err.code === 'ENOENT') return undefined
+    throw new CliError(`cannot read ${path.join(dataDir, NODE_INFO_FILE)}: ${err.message}`, 1)
+  }
+}
+
+async function apiAddress (opts: { data?: string, api?: string }): Promise<string> {
+  if (opts.api != null) return opts.api
+  if (opts.data == null) throw new CliError('say which node: --data DIR or --api HOST:PORT', EXIT_USAGE)
+  const info = await readNodeInfo(opts.data)
+  if (info == null) throw new CliError(`no daemon is serving from ${opts.data} (no ${NODE_INFO_FILE}); start it with \`filemesh run --data ${opts.data} ...\``, EXIT_UNAVAILABLE)
+  return info.api
+}
+
+async function fetchStatus (api: string): Promise<NodeStatus> {
+  const { host, port } = parseHostPort(api)
+  let res: Response
+  try {
+    res = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}/api/status`, { signal: AbortSignal.timeout(10_000) })
+  } catch (err: any) {
+    throw new CliError(`cannot reach the daemon's API at ${api}: ${err.cause?.code ?? err.message}. Is it running?`, EXIT_UNAVAILABLE)
+  }
+  if (!res.ok) throw new CliError(`the daemon at ${api} answered ${res.status}`, 1)
+  return await res.json() as NodeStatus
+}
+
+async function findInbox (opts: { data?: string, api?: string }): Promise<string> {
+  if (opts.api != null) {
+    const status = await fetchStatus(opts.api)
+    if (status.inbox == null) throw new CliError(`the node at ${opts.api} has no ingest role`, 1)
+    return status.inbox
+  }
+  if (opts.data == null) throw new CliError('say which ingest node: --data DIR or --api HOST:PORT', EXIT_USAGE)
+  const info = await readNodeInfo(opts.data)
+  if (info != null && info.inbox == null) throw new CliError(`the node serving from ${opts.data} has no ingest role`, 1)
+  return info?.inbox ?? path.join(opts.data, 'inbox')
+}
+
+async function runDaemon (opts: Record<string, any>): Promise<void> {
+  if (isLogLevel(opts.logLevel)) configureLogging({ level: opts.logLevel })
+  const daemon = new Daemon({
+    dataDir: path.resolve(opts.data),
+    roles: opts.roles,
+    listen: opts.listen,
+    bootstrap: opts.bootstrap,
+    inboxDir: opts.inbox != null ? path.resolve(opts.inbox) : undefined,
+    archiveDir: opts.archive != null ? path.resolve(opts.archive) : undefined,
+    exec: opts.exec,
+    execConcurrency: opts.execConcurrency,
+    execAttemptsMax: opts.execAttempts,
+    execTimeoutMs: opts.execTimeoutMs,
+    api: opts.api,
+    apiPublic: opts.apiPublic === true,
+    weight: opts.weight,
+    inboxQuietMs: opts.quietMs,
+    heartbeatIntervalMs: opts.heartbeatMs
+  })
+  let stopping = false
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (stopping) {
+      process.stderr.write(`filemesh: second ${sig}, exiting now\n`)
+      process.exit(sig === 'SIGINT' ? 130 : 143)
+    }
+    stopping = true
+    process.stderr.write(`filemesh: ${sig} received, stopping (send it again to exit at once)\n`)
+    daemon.stop().then(() => process.exit(0), (err) => {
+      process.stderr.write(`filemesh: error while stopping: ${err?.message ?? err}\n`)
+      process.exit(1)
+    })
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+  try {
+    await daemon.start()
+  } catch (err: any) {
+    await daemon.stop().catch(() => {})
+    throw new CliError(`cannot start: ${err?.message ?? err}`, err instanceof RangeError ? EXIT_CONFIG : 1)
+  }
+}
+
+export async function main (argv: string[]): Promise<void> {
+  try {
+    await program().parseAsync(argv)
+  } catch (err: any) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : (err.code === 'commander.executeSubCommandAsync' ? 1 : EXIT_USAGE)
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') process.exitCode = 0
+      return
+    }
+    process.stderr.write(`filemesh: ${err?.message ?? err}\n`)
+    process.exitCode = err instanceof CliError ? err.exitCode : 1
+  }
+}
+
+await main(process.argv)

@@ -1,0 +1,199 @@
+/**
+ * The file lifecycle: the only place where a file's record changes state. Two records exist per file:
+ *
+ *  - the coordinator's record (`IngestRecord`, on the ingest node that accepted the file):
+ *      received -> placed -> released
+ *    plus the processing outcome reported by the owner (pending -> processing -> processed | failed);
+ *  - a holder's record (`HolderRecord`, on the owner and on the backup):
+ *      fetching -> stored -> (owner only) processing -> processed | failed, processing -> stored on a retry.
+ *
+ * Every transition is a pure function from a record to a new record (the input is never mutated); a transition
+ * from the wrong state throws WrongStateError with the expected and actual states. The caller persists the
+ * result in one LevelDB batch with {sync:true} before acting on it, so a crash between steps replays the same
+ * transition idempotently (see daemon reconciliation).
+ */
+import type { HolderRole, ProgressState } from '../../protocols/messages.ts'
+
+export type IngestPhase = 'received' | 'placed' | 'released'
+export type ProcessingOutcome = 'pending' | 'processing' | 'processed' | 'failed'
+export type Readiness = 'rename' | 'sidecar' | 'quiet' | 'add'
+
+export interface IngestRecord {
+  cid: string
+  name: string
+  size: number
+  /** Where the ingest copy lives until it is released. */
+  spoolPath: string
+  readiness: Readiness
+  receivedAt: string
+  phase: IngestPhase
+  /** 0 until placed; increases on every reassignment (the fencing epoch). */
+  epoch: number
+  owner?: string
+  backup?: string
+  placedAt?: string
+  ownerStoredAt?: string
+  backupStoredAt?: string
+  processing: ProcessingOutcome
+  processingAttempt?: number
+  processingError?: string
+  processedAt?: string
+  /** Completions reported for an epoch that is not the current one: duplicates, never the result. */
+  staleCompletions?: number
+  releasedAt?: string
+}
+
+export type HolderState = 'fetching' | 'stored' | 'processing' | 'processed' | 'failed'
+
+export interface HolderRecord {
+  cid: string
+  name: string
+  size: number
+  role: HolderRole
+  epoch: number
+  /** Peer ID of the file's coordinator: receipts and progress go there. */
+  coordinator: string
+  /** Peers to pull blocks from. */
+  sources: string[]
+  state: HolderState
+  assignedAt: string
+  /** The stored copy: the owner's working file or the backup's archive file. */
+  path?: string
+  storedAt?: string
+  /** The coordinator acknowledged our receipt. */
+  receiptAcked: boolean
+  /** Processing attempts started so far (owner only). */
+  attempt: number
+  lastError?: string
+  processedAt?: string
+  /** The coordinator acknowledged the latest processing outcome (processed or failed). */
+  outcomeAcked: boolean
+}
+
+export class WrongStateError extends Error {
+  override name = 'WrongStateError'
+  readonly expected: readonly string[]
+  readonly actual: string
+
+  constructor (what: string, expected: readonly string[], actual: string) {
+    super(`${what}: expected state ${expected.join(' or ')}, was ${actual}`)
+    this.expected = expected
+    this.actual = actual
+  }
+}
+
+function expectPhase (rec: IngestRecord, what: string, ...phases: IngestPhase[]): void {
+  if (!phases.includes(rec.phase)) throw new WrongStateError(`${what} ${rec.cid}`, phases, rec.phase)
+}
+
+function expectState (rec: HolderRecord, what: string, ...states: HolderState[]): void {
+  if (!states.includes(rec.state)) throw new WrongStateError(`${what} ${rec.cid}/${rec.role}`, states, rec.state)
+}
+
+// ---- coordinator (ingest) record ------------------------------------------------------------------------
+
+/** (none) -> received: the file is claimed into the spool, hashed, and about to be recorded. */
+export function received (init: { cid: string, name: string, size: number, spoolPath: string, readiness: Readiness, now: string }): IngestRecord {
+  return { cid: init.cid, name: init.name, size: init.size, spoolPath: init.spoolPath, readiness: init.readiness, receivedAt: init.now, phase: 'received', epoch: 0, processing: 'pending' }
+}
+
+/** received -> placed: owner and backup chosen; epoch 1. */
+export function placed (rec: IngestRecord, owner: string, backup: string, now: string): IngestRecord {
+  expectPhase(rec, 'place', 'received')
+  return { ...rec, phase: 'placed', owner, backup, epoch: 1, placedAt: now }
+}
+
+export type ReceiptVerdict = 'recorded' | 'duplicate' | 'not-holder'
+
+/** placed -> placed (or released -> released, idempotent): a holder's durable receipt. */
+export function receiptFrom (rec: IngestRecord, peer: string, role: HolderRole, now: string): { rec: IngestRecord, verdict: ReceiptVerdict } {
+  if (rec.phase === 'received') throw new WrongStateError(`receipt ${rec.cid}`, ['placed', 'released'], rec.phase)
+  const holder = role === 'owner' ? rec.owner : rec.backup
+  if (holder !== peer) return { rec, verdict: 'not-holder' }
+  const field = role === 'owner' ? 'ownerStoredAt' : 'backupStoredAt'
+  if (rec[field] != null) return { rec, verdict: 'duplicate' }
+  return { rec: { ...rec, [field]: now }, verdict: 'recorded' }
+}
+
+/** True once the owner and the backup both hold the file durably: the ingest copy may go. */
+export function canRelease (rec: IngestRecord): boolean {
+  return rec.phase === 'placed' && rec.ownerStoredAt != null && rec.backupStoredAt != null
+}
+
+/** placed -> released: the spool copy was unlinked (and its directory fsynced). */
+export function released (rec: IngestRecord, now: string): IngestRecord {
+  expectPhase(rec, 'release', 'placed')
+  if (!canRelease(rec)) throw new Error(`release ${rec.cid}: receipts missing (owner ${rec.ownerStoredAt ?? 'none'}, backup ${rec.backupStoredAt ?? 'none'})`)
+  return { ...rec, phase: 'released', releasedAt: now }
+}
+
+export type ProgressVerdict = 'recorded' | 'duplicate' | 'stale-epoch' | 'not-owner' | 'ignored'
+
+/** Processing outcome reported by the owner. A report for an older epoch is counted, never taken as the result. */
+export function progressFrom (rec: IngestRecord, peer: string, epoch: number, state: ProgressState, attempt: number, now: string, error?: string): { rec: IngestRecord, verdict: ProgressVerdict } {
+  if (rec.phase === 'received') throw new WrongStateError(`progress ${rec.cid}`, ['placed', 'released'], rec.phase)
+  if (epoch !== rec.epoch) {
+    if (state === 'processed') return { rec: { ...rec, staleCompletions: (rec.staleCompletions ?? 0) + 1 }, verdict: 'stale-epoch' }
+    return { rec, verdict: 'stale-epoch' }
+  }
+  if (peer !== rec.owner) return { rec, verdict: 'not-owner' }
+  if (rec.processing === 'processed') return { rec, verdict: state === 'processed' ? 'duplicate' : 'ignored' }
+  if (rec.processing === state && rec.processingAttempt === attempt) return { rec, verdict: 'duplicate' }
+  const next: IngestRecord = { ...rec, processing: state, processingAttempt: attempt }
+  if (state === 'processed') next.processedAt = now
+  if (error != null) next.processingError = error
+  else delete next.processingError
+  return { rec: next, verdict: 'recorded' }
+}
+
+// ---- holder (owner / backup) record ---------------------------------------------------------------------
+
+/** (none) -> fetching: a coordinator assigned us the file. */
+export function assigned (init: { cid: string, name: string, size: number, role: HolderRole, epoch: number, coordinator: string, sources: string[], now: string }): HolderRecord {
+  return { ...init, state: 'fetching', assignedAt: init.now, receiptAcked: false, attempt: 0, outcomeAcked: false }
+}
+
+/** fetching -> stored: every block verified and fsynced, the file renamed into place, the directory fsynced. */
+export function stored (rec: HolderRecord, path: string, now: string): HolderRecord {
+  expectState(rec, 'store', 'fetching')
+  return { ...rec, state: 'stored', path, storedAt: now }
+}
+
+/** Any state after stored: the coordinator acknowledged our receipt. */
+export function receiptAcked (rec: HolderRecord): HolderRecord {
+  if (rec.state === 'fetching') throw new WrongStateError(`receipt ack ${rec.cid}/${rec.role}`, ['stored', 'processing', 'processed', 'failed'], rec.state)
+  return { ...rec, receiptAcked: true }
+}
+
+/** stored -> processing (or processing -> processing after a crash mid-run): one more attempt starts. */
+export function processingStarted (rec: HolderRecord): HolderRecord {
+  if (rec.role !== 'owner') throw new WrongStateError(`process ${rec.cid}`, ['owner'], rec.role)
+  expectState(rec, 'start processing', 'stored', 'processing')
+  return { ...rec, state: 'processing', attempt: rec.attempt + 1, outcomeAcked: false }
+}
+
+/** processing -> stored: the attempt failed but may be retried later. */
+export function processingRetry (rec: HolderRecord, error: string): HolderRecord {
+  expectState(rec, 'retry', 'processing')
+  return { ...rec, state: 'stored', lastError: error }
+}
+
+/** processing -> processed: the command exited 0. The working copy may be removed. */
+export function processingDone (rec: HolderRecord, now: string): HolderRecord {
+  expectState(rec, 'finish', 'processing')
+  const next: HolderRecord = { ...rec, state: 'processed', processedAt: now, outcomeAcked: false }
+  delete next.lastError
+  return next
+}
+
+/** processing -> failed: out of attempts, or a permanent failure. The working copy is kept for inspection. */
+export function processingFailed (rec: HolderRecord, error: string): HolderRecord {
+  expectState(rec, 'fail', 'processing')
+  return { ...rec, state: 'failed', lastError: error, outcomeAcked: false }
+}
+
+/** processed | failed: the coordinator acknowledged the outcome. */
+export function outcomeAcked (rec: HolderRecord): HolderRecord {
+  expectState(rec, 'outcome ack', 'processed', 'failed')
+  return { ...rec, outcomeAcked: true }
+}

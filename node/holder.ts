@@ -1,0 +1,301 @@
+/**
+ * The holder side, on owner and backup nodes: accepts assignments from a file's coordinator, pulls the file's
+ * blocks from its sources (verified against their CIDs, written at their offsets into a `.part` file), makes
+ * it durable and sends the receipt; the owner then runs the processing command and reports the outcome.
+ *
+ * Durable steps, in order: assignment {sync} -> blocks verified and written -> fsync(file) -> rename -> fsync(dir)
+ * -> stored + block index {sync} -> receipt. Processing: processing {sync} -> command -> processed {sync} ->
+ * unlink working copy -> report. `reconcile()` re-drives every record after a restart: a fetch starts over
+ * from a fresh `.part`, a receipt or report not yet acknowledged is sent again, an interrupted command runs
+ * again (attempt + 1, so the command can tell from FILEMESH_ATTEMPT).
+ */
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import PQueue from 'p-queue'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { CID } from 'multiformats/cid'
+import type { AssignMessage, ControlReply, HolderRole } from '../protocols/messages.ts'
+import type { Role } from '../protocols/roles.ts'
+import { parseCid } from '../protocols/cid-policy.ts'
+import { resolveLeaves } from '../protocols/unixfs.ts'
+import type { Leaf } from '../protocols/unixfs.ts'
+import { assigned, outcomeAcked, processingDone, processingFailed, processingRetry, processingStarted, receiptAcked, stored } from './core/lifecycle.ts'
+import type { HolderRecord } from './core/lifecycle.ts'
+import { ok, refuse } from './control.ts'
+import type { ControlChannel } from './control.ts'
+import type { Archive } from './archive.ts'
+import type { BlockClient } from './block-client.ts'
+import type { LocalBlocks } from './block-store.ts'
+import { ensureDir, fsyncDir, renameDurable } from './fsutil.ts'
+import type { Logger } from './log.ts'
+import { backoffMs, runProcessingCommand } from './processor.ts'
+import { Retrier } from './retrier.ts'
+import type { Store } from './store.ts'
+
+export interface HolderServiceInit {
+  roles: Role[]
+  /** Owner's working copies live here until processed. */
+  workDir: string
+  /** Backup's archive (required with the backup role). */
+  archive?: Archive
+  /** Shell command run for each owned file; undefined = nothing to run, the file counts as processed. */
+  exec?: string
+  execConcurrency?: number
+  execAttemptsMax?: number
+  execTimeoutMs?: number
+  fetchConcurrency?: number
+}
+
+export const DEFAULT_EXEC_CONCURRENCY = 2
+export const DEFAULT_EXEC_ATTEMPTS_MAX = 3
+export const DEFAULT_EXEC_TIMEOUT_MS = 3_600_000
+export const DEFAULT_FETCH_CONCURRENCY = 4
+
+export class HolderService {
+  readonly #store: Store
+  readonly #control: ControlChannel
+  readonly #client: BlockClient
+  readonly #local: LocalBlocks
+  readonly #log: Logger
+  readonly #self: string
+  readonly #init: HolderServiceInit
+  readonly #fetches: PQueue
+  readonly #runs: PQueue
+  readonly #retrier: Retrier
+  readonly #active = new Set<string>()
+  readonly #stop = new AbortController()
+
+  constructor (components: { store: Store, control: ControlChannel, client: BlockClient, local: LocalBlocks, log: Logger, selfId: string }, init: HolderServiceInit) {
+    this.#store = components.store
+    this.#control = components.control
+    this.#client = components.client
+    this.#local = components.local
+    this.#log = components.log
+    this.#self = components.selfId
+    this.#init = init
+    this.#fetches = new PQueue({ concurrency: init.fetchConcurrency ?? DEFAULT_FETCH_CONCURRENCY })
+    this.#runs = new PQueue({ concurrency: init.execConcurrency ?? DEFAULT_EXEC_CONCURRENCY })
+    this.#retrier = new Retrier(this.#log)
+  }
+
+  get queued (): { fetching: number, processing: number } {
+    return { fetching: this.#fetches.size + this.#fetches.pending, processing: this.#runs.size + this.#runs.pending }
+  }
+
+  async start (): Promise<void> {
+    await ensureDir(path.join(this.#init.workDir, '.incoming'))
+  }
+
+  async stop (): Promise<void> {
+    this.#stop.abort()
+    this.#retrier.stop()
+    this.#fetches.clear()
+    this.#runs.clear()
+  }
+
+  /** A coordinator assigns us a file. Recorded durably before we say yes; a repeat is acknowledged again. */
+  async onAssign (from: string, msg: AssignMessage): Promise<ControlReply> {
+    const needed: Role = msg.role === 'owner' ? 'process' : 'backup'
+    if (!this.#init.roles.includes(needed)) return refuse('wrong-role', `this node does not have the ${needed} role`)
+    if (msg.role === 'backup' && this.#init.archive == null) return refuse('wrong-role', 'this node has no archive')
+    try {
+      parseCid(msg.cid)
+    } catch (err: any) {
+      return refuse('bad-cid', err.message)
+    }
+    const existing = await this.#store.getHolder(msg.cid, msg.role)
+    if (existing != null) {
+      if (existing.epoch >= msg.epoch) return ok()
+    }
+    const sources = [...new Set([from, ...msg.sources])]
+    const rec = assigned({ cid: msg.cid, name: msg.name, size: msg.size, role: msg.role, epoch: msg.epoch, coordinator: from, sources, now: new Date().toISOString() })
+    await this.#store.commit([this.#store.putHolder(rec)])
+    this.#log.info('assigned', { cid: msg.cid, role: msg.role, peer: from, bytes: msg.size })
+    this.#schedule(rec)
+    return ok()
+  }
+
+  /** Puts a record on the right queue for its state. */
+  #schedule (rec: HolderRecord): void {
+    const key = `${rec.cid}/${rec.role}`
+    switch (rec.state) {
+      case 'fetching':
+        if (this.#active.has(key)) return
+        this.#active.add(key)
+        this.#fetches.add(async () => { await this.#fetch(rec) })
+          .catch((err) => { this.#log.error('fetch task failed', { cid: rec.cid, err }) })
+          .finally(() => { this.#active.delete(key) })
+        return
+      case 'stored':
+      case 'processing':
+        if (!rec.receiptAcked) this.#sendReceipt(rec)
+        if (rec.role === 'owner') this.#enqueueRun(rec)
+        return
+      case 'processed':
+      case 'failed':
+        if (!rec.receiptAcked) this.#sendReceipt(rec)
+        if (!rec.outcomeAcked) this.#sendOutcome(rec)
+    }
+  }
+
+  async #fetch (rec: HolderRecord): Promise<void> {
+    const signal = this.#stop.signal
+    const root = CID.parse(rec.cid)
+    const sources = rec.sources.filter((s) => s !== this.#self).map((s) => peerIdFromString(s))
+    const partPath = rec.role === 'backup' ? (this.#init.archive as Archive).incomingPath(rec.cid) : path.join(this.#init.workDir, '.incoming', `${rec.cid}.part`)
+    const started = performance.now()
+    for (let attempt = 1; !signal.aborted; attempt++) {
+      try {
+        const { leaves, nodes, size } = await resolveLeaves(root, async (cid) => await this.#getNode(cid, sources, signal))
+        if (size !== rec.size) this.#log.warn('file size differs from the assignment', { cid: rec.cid, bytes: size, expected: rec.size })
+        await this.#fetchInto(partPath, leaves, sources, signal)
+        const finalPath = await this.#commitFile(rec, partPath)
+        const next = stored(rec, finalPath, new Date().toISOString())
+        await this.#store.commit([this.#store.putHolder(next), ...this.#store.blockIndexOps(rec.cid, rec.role, finalPath, leaves, nodes)])
+        const ms = Math.round(performance.now() - started)
+        this.#log.info('stored durably', { cid: rec.cid, role: rec.role, file: finalPath, bytes: size, ms, MBps: ms > 0 ? +(size / 1e3 / ms).toFixed(1) : undefined })
+        this.#schedule(next)
+        return
+      } catch (err) {
+        if (signal.aborted) return
+        await fs.rm(partPath, { force: true }).catch(() => {})
+        const delayMs = backoffMs(attempt, { baseMs: 500, maxMs: 30_000 })
+        this.#log.warn('fetch failed: will retry', { cid: rec.cid, role: rec.role, attempt, retryInMs: delayMs, err })
+        await sleep(delayMs, signal)
+      }
+    }
+  }
+
+  async #getNode (cid: CID, sources: ReturnType<typeof peerIdFromString>[], signal: AbortSignal): Promise<Uint8Array> {
+    const local = await this.#local.getBlock(cid)
+    if (local != null) return local
+    let lastErr: unknown = new Error(`no source for ${cid.toString()}`)
+    for (const peer of sources) {
+      try {
+        return await this.#client.getBlock(peer, cid, { signal })
+      } catch (err) {
+        lastErr = err
+      }
+    }
+    throw lastErr
+  }
+
+  /** Writes every leaf into a fresh part file (from peers, or from this node's own copy), then fsyncs it. */
+  async #fetchInto (partPath: string, leaves: Leaf[], sources: ReturnType<typeof peerIdFromString>[], signal: AbortSignal): Promise<void> {
+    await fs.rm(partPath, { force: true })
+    const fh = await fs.open(partPath, 'wx', 0o644)
+    try {
+      const total = leaves.reduce((n, l) => n + l.length, 0)
+      if (total > 0) await fh.truncate(total)
+      const remote: Leaf[] = []
+      for (const leaf of leaves) {
+        const bytes = sources.length === 0 || leaf.length === 0 ? await this.#local.getBlock(leaf.cid) : undefined
+        if (bytes != null) await fh.write(bytes, 0, bytes.byteLength, leaf.offset)
+        else remote.push(leaf)
+      }
+      if (remote.length > 0) {
+        if (sources.length === 0) throw new Error('blocks missing locally and no other source')
+        await this.#client.fetchLeavesToFile({ leaves: remote, sources, fileHandle: fh, signal })
+      }
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+  }
+
+  /** Moves a complete, fsynced part file into place: the owner's work dir or the backup's archive. */
+  async #commitFile (rec: HolderRecord, partPath: string): Promise<string> {
+    if (rec.role === 'backup') {
+      const { path: finalPath } = await (this.#init.archive as Archive).commit(partPath, rec.name, rec.cid)
+      return finalPath
+    }
+    const finalPath = path.join(this.#init.workDir, rec.cid)
+    await renameDurable(partPath, finalPath)
+    return finalPath
+  }
+
+  #sendReceipt (rec: HolderRecord): void {
+    this.#retrier.run(`receipt:${rec.cid}:${rec.role}`, async (signal) => {
+      await this.#control.request(rec.coordinator, { type: 'receipt', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch }, { signal })
+      await this.#update(rec.cid, rec.role, (r) => r.receiptAcked ? undefined : receiptAcked(r))
+      this.#log.debug('receipt acknowledged', { cid: rec.cid, role: rec.role, peer: rec.coordinator })
+    })
+  }
+
+  #sendOutcome (rec: HolderRecord): void {
+    this.#retrier.run(`outcome:${rec.cid}`, async (signal) => {
+      const current = await this.#store.getHolder(rec.cid, 'owner')
+      if (current == null || (current.state !== 'processed' && current.state !== 'failed') || current.outcomeAcked) return
+      const msg = { type: 'progress' as const, v: 1 as const, cid: rec.cid, epoch: current.epoch, state: current.state, attempt: current.attempt, ...(current.lastError != null ? { error: current.lastError.slice(0, 2000) } : {}) }
+      await this.#control.request(current.coordinator, msg, { signal })
+      await this.#update(rec.cid, 'owner', (r) => r.outcomeAcked ? undefined : outcomeAcked(r))
+    })
+  }
+
+  async #update (cid: string, role: HolderRole, fn: (r: HolderRecord) => HolderRecord | undefined): Promise<HolderRecord | undefined> {
+    const current = await this.#store.getHolder(cid, role)
+    if (current == null) return undefined
+    const next = fn(current)
+    if (next == null) return current
+    await this.#store.commit([this.#store.putHolder(next)])
+    return next
+  }
+
+  #enqueueRun (rec: HolderRecord): void {
+    const key = `run:${rec.cid}`
+    if (this.#active.has(key)) return
+    this.#active.add(key)
+    this.#runs.add(async () => { await this.#process(rec.cid) })
+      .catch((err) => { this.#log.error('processing task failed', { cid: rec.cid, err }) })
+      .finally(() => { this.#active.delete(key) })
+  }
+
+  /** Runs the processing command under the current epoch, retrying with backoff up to execAttemptsMax. */
+  async #process (cid: string): Promise<void> {
+    const signal = this.#stop.signal
+    const attemptsMax = this.#init.execAttemptsMax ?? DEFAULT_EXEC_ATTEMPTS_MAX
+    while (!signal.aborted) {
+      const rec = await this.#update(cid, 'owner', (r) => r.state === 'stored' || r.state === 'processing' ? processingStarted(r) : undefined)
+      if (rec == null || rec.state !== 'processing' || rec.path == null) return
+      this.#control.request(rec.coordinator, { type: 'progress', v: 1, cid, epoch: rec.epoch, state: 'processing', attempt: rec.attempt }, { signal }).catch(() => {})
+      const result = this.#init.exec == null
+        ? { outcome: 'ok' as const, exitCode: 0, signal: null, durationMs: 0 }
+        : await runProcessingCommand({ command: this.#init.exec, path: rec.path, cid, name: rec.name, size: rec.size, epoch: rec.epoch, attempt: rec.attempt }, { timeoutMs: this.#init.execTimeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS, signal, log: this.#log.child('exec', { cid }) })
+      if (signal.aborted) return
+      if (result.outcome === 'ok') {
+        const done = await this.#update(cid, 'owner', (r) => processingDone(r, new Date().toISOString()))
+        this.#log.info('processed', { cid, attempt: rec.attempt, ms: result.durationMs })
+        // The coordinator keeps the ingest copy until the backup's receipt, so the working copy can go now.
+        await fs.rm(rec.path, { force: true })
+        await fsyncDir(path.dirname(rec.path))
+        await this.#store.commit(await this.#store.dropBlockIndexOps(cid, 'owner'))
+        if (done != null) this.#sendOutcome(done)
+        return
+      }
+      const error = result.error ?? `exit code ${String(result.exitCode)}${result.signal != null ? ` signal ${result.signal}` : ''}`
+      if (rec.attempt >= attemptsMax) {
+        const failed = await this.#update(cid, 'owner', (r) => processingFailed(r, error))
+        this.#log.error('processing failed for good: the working copy is kept', { cid, attempt: rec.attempt, err: error, file: rec.path })
+        if (failed != null) this.#sendOutcome(failed)
+        return
+      }
+      await this.#update(cid, 'owner', (r) => processingRetry(r, error))
+      const delayMs = backoffMs(rec.attempt, {})
+      this.#log.warn('processing failed: will retry', { cid, attempt: rec.attempt, retryInMs: delayMs, err: error })
+      await sleep(delayMs, signal)
+    }
+  }
+
+  /** Re-drives every record after a start. */
+  async reconcile (): Promise<void> {
+    for await (const rec of this.#store.holderRecords()) this.#schedule(rec)
+  }
+}
+
+async function sleep (ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return
+  await new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms)
+    signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+  })
+}

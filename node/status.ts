@@ -1,0 +1,112 @@
+/**
+ * What `filemesh status` shows: live members and this node's files by state. Computed from the durable
+ * records on each call (a scan of the store), so it can never drift from what the node would do after a
+ * restart. The JSON shape is the API's contract (`GET /api/status`, `status --json`).
+ */
+import type { Member } from './core/membership.ts'
+import type { HolderRecord, IngestRecord } from './core/lifecycle.ts'
+import type { Store } from './store.ts'
+
+export interface FileCounts {
+  total: number
+  received: number
+  placed: number
+  storedOnOwner: number
+  storedOnBackup: number
+  processing: number
+  processed: number
+  failed: number
+  deletedFromIngest: number
+  staleCompletions: number
+  bytes: number
+}
+
+export interface HolderCounts {
+  fetching: number
+  stored: number
+  processing: number
+  processed: number
+  failed: number
+  bytes: number
+}
+
+export interface StatusMember {
+  peerId: string
+  roles: string[]
+  weight: number
+  draining: boolean
+  lastSeenMsAgo: number
+  self: boolean
+}
+
+export interface FailedFile {
+  cid: string
+  name: string
+  role: 'coordinator' | 'owner'
+  error?: string
+}
+
+export interface NodeStatus {
+  peerId: string
+  roles: string[]
+  addrs: string[]
+  api: string
+  inbox?: string
+  archive?: string
+  uptimeMs: number
+  members: StatusMember[]
+  /** Files this node accepted and coordinates (ingest role). */
+  files: FileCounts
+  /** Files this node holds as processing owner / as backup. */
+  owner: HolderCounts
+  backup: HolderCounts
+  failed: FailedFile[]
+  counters: Record<string, number>
+}
+
+export function emptyFileCounts (): FileCounts {
+  return { total: 0, received: 0, placed: 0, storedOnOwner: 0, storedOnBackup: 0, processing: 0, processed: 0, failed: 0, deletedFromIngest: 0, staleCompletions: 0, bytes: 0 }
+}
+
+export function emptyHolderCounts (): HolderCounts {
+  return { fetching: 0, stored: 0, processing: 0, processed: 0, failed: 0, bytes: 0 }
+}
+
+export function countIngest (counts: FileCounts, rec: IngestRecord): void {
+  counts.total++
+  counts.bytes += rec.size
+  if (rec.phase === 'received') counts.received++
+  if (rec.phase === 'placed' && rec.ownerStoredAt == null && rec.backupStoredAt == null) counts.placed++
+  if (rec.ownerStoredAt != null) counts.storedOnOwner++
+  if (rec.backupStoredAt != null) counts.storedOnBackup++
+  if (rec.processing === 'processing') counts.processing++
+  if (rec.processing === 'processed') counts.processed++
+  if (rec.processing === 'failed') counts.failed++
+  if (rec.phase === 'released') counts.deletedFromIngest++
+  counts.staleCompletions += rec.staleCompletions ?? 0
+}
+
+export function countHolder (counts: HolderCounts, rec: HolderRecord): void {
+  counts[rec.state]++
+  counts.bytes += rec.size
+}
+
+export async function collectFileStatus (store: Store, failedMax = 50): Promise<{ files: FileCounts, owner: HolderCounts, backup: HolderCounts, failed: FailedFile[] }> {
+  const files = emptyFileCounts()
+  const owner = emptyHolderCounts()
+  const backup = emptyHolderCounts()
+  const failed: FailedFile[] = []
+  for await (const rec of store.ingestRecords()) {
+    countIngest(files, rec)
+    if (rec.processing === 'failed' && failed.length < failedMax) failed.push({ cid: rec.cid, name: rec.name, role: 'coordinator', ...(rec.processingError != null ? { error: rec.processingError } : {}) })
+  }
+  for await (const rec of store.holderRecords()) {
+    countHolder(rec.role === 'owner' ? owner : backup, rec)
+    if (rec.role === 'owner' && rec.state === 'failed' && failed.length < failedMax) failed.push({ cid: rec.cid, name: rec.name, role: 'owner', ...(rec.lastError != null ? { error: rec.lastError } : {}) })
+  }
+  return { files, owner, backup, failed }
+}
+
+export function memberStatus (m: Member, nowMs: number): StatusMember {
+  return { peerId: m.id, roles: [...m.roles], weight: m.weight, draining: m.draining, lastSeenMsAgo: Math.max(0, Math.round(nowMs - m.lastSeenMs)), self: m.self }
+}

@@ -1,0 +1,46 @@
+/**
+ * Every limit of the wire protocols in one place. Units are in the names. A peer that exceeds one is
+ * answered with an error or cut off; nothing it sends may grow our memory past these bounds.
+ */
+
+export const KiB = 1024
+export const MiB = 1024 * KiB
+
+/** Size of a raw leaf block (the UnixFS chunk size): 1 MiB, profile unixfs-v1-2025. */
+export const BLOCK_BYTES = MiB
+/** Links per dag-pb node (profile unixfs-v1-2025). */
+export const DAG_MAX_LINKS = 1024
+/** Largest block we accept or serve: a 1 MiB leaf, or a dag-pb node of 1024 links (~45 KiB). */
+export const BLOCK_BYTES_MAX = BLOCK_BYTES
+/** Largest frame on the block protocol: a block plus its small header. */
+export const BLOCK_FRAME_BYTES_MAX = BLOCK_BYTES_MAX + 256
+/** Largest control-protocol message (assign, receipt, progress). */
+export const CONTROL_MESSAGE_BYTES_MAX = 64 * KiB
+/** Largest gossipsub message we publish or accept (heartbeats, announcements). */
+export const GOSSIP_MESSAGE_BYTES_MAX = 16 * KiB
+/** Largest file we accept: 1 TiB. */
+export const FILE_BYTES_MAX = 1024 * 1024 * MiB
+/** Longest file name (bytes, UTF-8) kept as metadata. */
+export const FILE_NAME_BYTES_MAX = 255
+/** Block requests one fetcher keeps outstanding per source peer. */
+export const BLOCK_REQUESTS_IN_FLIGHT_MAX = 8
+/** Inbound block streams per connection. */
+export const BLOCK_STREAMS_INBOUND_MAX = 32
+/** Inbound control streams per connection. */
+export const CONTROL_STREAMS_INBOUND_MAX = 32
+/** How long one block request may take before the source is considered slow. */
+export const BLOCK_REQUEST_TIMEOUT_MS = 30_000
+/** How long a control request may take. */
+export const CONTROL_REQUEST_TIMEOUT_MS = 10_000
+/** Roles advertised in one heartbeat, addresses per heartbeat. */
+export const HEARTBEAT_ADDRS_MAX = 16
+/** Longest name (bytes, UTF-8) that sanitizeName keeps, so a collision suffix `~TAG-N` still fits in 255. */
+export const SANITIZED_NAME_BYTES_MAX = 200
+/** Levels of dag-pb nodes above the leaves that a file DAG may have (a 1 TiB file at 1024 links needs 2). */
+export const DAG_DEPTH_MAX = 8
+/** Leaves a file DAG may have: FILE_BYTES_MAX in full BLOCK_BYTES leaves (2^20). */
+export const FILE_LEAVES_MAX = Math.ceil(FILE_BYTES_MAX / BLOCK_BYTES)
+/** Largest block request frame: one binary CID (a CIDv1 sha2-256 is 36 bytes). */
+export const BLOCK_REQUEST_BYTES_MAX = 128
+/** Unread request bytes a block server buffers per stream before it resets the stream (a client keeps ≤ 8 outstanding). */
+export const BLOCK_REQUEST_BUFFER_BYTES_MAX = 64 * KiB
