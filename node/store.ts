@@ -91,7 +91,7 @@ export class Store {
     await this.db.open()
     const version = await this.#meta.get('version') as unknown
     if (version === undefined) {
-      await this.#meta.put('version', STORE_VERSION as unknown as Json, { sync: true })
+      await this.commit([{ type: 'put', sublevel: this.#meta, key: 'version', value: STORE_VERSION }])
     } else if (version !== STORE_VERSION) {
       throw new StoreVersionError(`database layout version ${String(version)} is not ${STORE_VERSION}: use a data directory made by this version, or move the old one away`)
     }
