@@ -1,0 +1,279 @@
+/**
+ * Serves blocks to peers over BLOCKS_PROTOCOL (codec in protocols/blocks.ts). A stream carries many
+ * requests; they are answered in order, at most `windowRequests` at a time: request N+W is not even read
+ * until response N has been written, so a peer that asks fast and reads slowly costs us at most W blocks
+ * per stream plus BLOCK_REQUEST_BUFFER_BYTES_MAX of unread requests (more resets the stream).
+ *
+ * Every block is verified against its CID right before it is sent: a corrupt copy is answered NOT_FOUND
+ * and logged, never served (invariant I2).
+ */
+import { lpStream } from '@libp2p/utils'
+import type { Connection, Libp2p, Stream } from '@libp2p/interface'
+import type { CID } from 'multiformats/cid'
+import { BlockMismatchError, verifyBlock } from '../protocols/cid-policy.ts'
+import { BLOCKS_PROTOCOL } from '../protocols/ids.ts'
+import {
+  BLOCK_BYTES_MAX, BLOCK_REQUEST_BUFFER_BYTES_MAX, BLOCK_REQUEST_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS,
+  BLOCK_REQUESTS_IN_FLIGHT_MAX, BLOCK_STREAMS_INBOUND_MAX
+} from '../protocols/limits.ts'
+import { decodeBlockRequest, encodeBlockResponse, FrameError } from '../protocols/blocks.ts'
+import type { BlockResponse } from '../protocols/blocks.ts'
+import { createLogger } from './log.ts'
+import type { Logger } from './log.ts'
+
+/** Where the server finds blocks. */
+export interface BlockSource {
+  /** The block's bytes if this node has an intact copy, else undefined. May throw on I/O errors (answered NOT_FOUND). */
+  getBlock(cid: CID, options?: { signal?: AbortSignal }): Promise<Uint8Array | undefined>
+}
+
+export interface BlockServerComponents {
+  /** The libp2p node the protocol is registered on. */
+  node: Pick<Libp2p, 'handle' | 'unhandle'>
+}
+
+export interface BlockServerInit {
+  source: BlockSource
+  /** Inbound block streams per connection. */
+  maxInboundStreams?: number
+  /** Requests answered concurrently per stream (W). */
+  windowRequests?: number
+  /** Longest a lookup or the write of one response may take before the stream is given up. */
+  requestTimeoutMs?: number
+  logger?: Logger
+}
+
+export interface BlockPeerStats { bytesSent: number, blocks: number }
+
+export interface BlockServerStats {
+  /** Block bytes sent (payload only, without framing). */
+  bytesSent: number
+  blocksSent: number
+  notFound: number
+  /** Blocks whose stored copy did not match the CID and was withheld. */
+  corruptWithheld: number
+  /** Requests answered REFUSED (malformed, disallowed, over a limit). */
+  refused: number
+  streamsOpen: number
+  byPeer: Record<string, BlockPeerStats>
+}
+
+export const DEFAULT_BLOCK_SERVER_WINDOW_REQUESTS = BLOCK_REQUESTS_IN_FLIGHT_MAX
+
+/** End of a stream (the peer closed its writable end between frames). */
+function isEndOfStream (err: unknown): boolean {
+  return err instanceof Error && err.name === 'UnexpectedEOFError'
+}
+
+/** lpStream rejected the length prefix: the rest of the stream cannot be parsed. */
+function isBadLength (err: unknown): boolean {
+  return err instanceof Error && (err.name === 'InvalidDataLengthError' || err.name === 'InvalidDataLengthLengthError' || err.name === 'InvalidMessageLengthError')
+}
+
+export class BlockServer {
+  readonly #node: BlockServerComponents['node']
+  readonly #source: BlockSource
+  readonly #maxInboundStreams: number
+  readonly #window: number
+  readonly #timeoutMs: number
+  readonly #log: Logger
+  readonly #streams = new Set<Stream>()
+  readonly #byPeer = new Map<string, BlockPeerStats>()
+  #started = false
+  #bytesSent = 0
+  #blocksSent = 0
+  #notFound = 0
+  #corruptWithheld = 0
+  #refused = 0
+
+  constructor (components: BlockServerComponents, init: BlockServerInit) {
+    this.#node = components.node
+    this.#source = init.source
+    this.#maxInboundStreams = init.maxInboundStreams ?? BLOCK_STREAMS_INBOUND_MAX
+    this.#window = Math.max(1, init.windowRequests ?? DEFAULT_BLOCK_SERVER_WINDOW_REQUESTS)
+    this.#timeoutMs = init.requestTimeoutMs ?? BLOCK_REQUEST_TIMEOUT_MS
+    this.#log = init.logger ?? createLogger('block-server')
+  }
+
+  async start (): Promise<void> {
+    if (this.#started) return
+    await this.#node.handle(BLOCKS_PROTOCOL, (stream, connection) => {
+      this.#accept(stream, connection)
+    }, { maxInboundStreams: this.#maxInboundStreams })
+    this.#started = true
+  }
+
+  /** Unregisters the protocol and resets every open block stream. */
+  async stop (): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    await this.#node.unhandle(BLOCKS_PROTOCOL)
+    for (const stream of this.#streams) stream.abort(new Error('block server stopping'))
+    this.#streams.clear()
+  }
+
+  stats (): BlockServerStats {
+    return {
+      bytesSent: this.#bytesSent,
+      blocksSent: this.#blocksSent,
+      notFound: this.#notFound,
+      corruptWithheld: this.#corruptWithheld,
+      refused: this.#refused,
+      streamsOpen: this.#streams.size,
+      byPeer: Object.fromEntries([...this.#byPeer].map(([peer, s]) => [peer, { ...s }]))
+    }
+  }
+
+  /** The thin handler: track the stream, run it detached, log how it ended. */
+  #accept (stream: Stream, connection: Connection): void {
+    const peer = connection.remotePeer.toString()
+    this.#streams.add(stream)
+    this.#serve(stream, peer).catch((err: unknown) => {
+      this.#log.debug('block stream ended with an error', { peer, err })
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    }).finally(() => {
+      this.#streams.delete(stream)
+    })
+  }
+
+  async #serve (stream: Stream, peer: string): Promise<void> {
+    const lp = lpStream(stream, { maxDataLength: BLOCK_REQUEST_BYTES_MAX, maxBufferSize: BLOCK_REQUEST_BUFFER_BYTES_MAX })
+    // Responses in request order; an entry leaves the queue only once written, so the reader (which waits
+    // while the queue holds W entries) reads request N+W only after response N went out.
+    const queue: Array<Promise<BlockResponse>> = []
+    let readerDone = false
+    let unparseable: Error | undefined
+    let wakeWriter: PromiseWithResolvers<void> | undefined
+    let wakeReader: PromiseWithResolvers<void> | undefined
+
+    const closed = new AbortController()
+    const shutDown = (reason: unknown): void => {
+      closed.abort(reason)
+      wakeReader?.resolve()
+    }
+    const onClose = (): void => { shutDown(new Error('block stream closed')) }
+    stream.addEventListener('close', onClose, { once: true })
+
+    const reader = async (): Promise<void> => {
+      try {
+        while (!closed.signal.aborted) {
+          while (queue.length >= this.#window && !closed.signal.aborted) {
+            wakeReader = Promise.withResolvers()
+            await wakeReader.promise
+          }
+          if (closed.signal.aborted) return
+          let frame: Uint8Array
+          try {
+            frame = (await lp.read({ signal: closed.signal })).subarray()
+          } catch (err) {
+            if (isEndOfStream(err) || closed.signal.aborted) return
+            if (isBadLength(err)) {
+              unparseable = err as Error
+              queue.push(Promise.resolve({ status: 'refused' }))
+              return
+            }
+            throw err
+          }
+          const answer = this.#answer(frame, peer, closed.signal)
+          answer.catch(() => {}) // awaited by the writer; this only keeps a stream reset from leaving it unhandled
+          queue.push(answer)
+          wakeWriter?.resolve()
+        }
+      } finally {
+        readerDone = true
+        wakeWriter?.resolve()
+      }
+    }
+
+    const writer = async (): Promise<void> => {
+      while (true) {
+        const next = queue[0]
+        if (next == null) {
+          if (readerDone) return
+          wakeWriter = Promise.withResolvers()
+          await wakeWriter.promise
+          continue
+        }
+        const response = await next
+        const signal = AbortSignal.any([closed.signal, AbortSignal.timeout(this.#timeoutMs)])
+        await lp.write(encodeBlockResponse(response), { signal })
+        queue.shift()
+        this.#count(peer, response)
+        wakeReader?.resolve()
+      }
+    }
+
+    const reading = reader()
+    try {
+      await writer()
+      await reading
+    } catch (err) {
+      shutDown(err)
+      await reading.catch(() => {})
+      throw err
+    } finally {
+      stream.removeEventListener('close', onClose)
+    }
+    if (unparseable != null) {
+      this.#log.warn('unparseable block request frame: refused and reset the stream', { peer, err: unparseable })
+      await stream.close({ signal: AbortSignal.timeout(this.#timeoutMs) }).catch(() => {})
+      stream.abort(new FrameError('too-long', unparseable.message))
+      return
+    }
+    await stream.close({ signal: AbortSignal.timeout(this.#timeoutMs) })
+  }
+
+  /** The response to one request frame. Never rejects: every failure becomes NOT_FOUND or REFUSED. */
+  async #answer (frame: Uint8Array, peer: string, closed: AbortSignal): Promise<BlockResponse> {
+    let cid: CID
+    try {
+      cid = decodeBlockRequest(frame)
+    } catch (err) {
+      if (!(err instanceof FrameError)) throw err
+      this.#log.debug('refused block request', { peer, err })
+      return { status: 'refused' }
+    }
+    const key = cid.toString()
+    let bytes: Uint8Array | undefined
+    try {
+      bytes = await this.#source.getBlock(cid, { signal: AbortSignal.any([closed, AbortSignal.timeout(this.#timeoutMs)]) })
+    } catch (err) {
+      if (!closed.aborted) this.#log.warn('block lookup failed', { cid: key, peer, err })
+      return { status: 'not-found' }
+    }
+    if (bytes == null) return { status: 'not-found' }
+    if (bytes.byteLength > BLOCK_BYTES_MAX) {
+      this.#corruptWithheld++
+      this.#log.error('block source returned an oversized block: not serving it', { cid: key, peer, bytes: bytes.byteLength })
+      return { status: 'not-found' }
+    }
+    try {
+      verifyBlock(cid, bytes)
+    } catch (err) {
+      if (!(err instanceof BlockMismatchError)) throw err
+      this.#corruptWithheld++
+      this.#log.error('block source returned bytes that do not match the CID: not serving them', { cid: key, peer, bytes: bytes.byteLength })
+      return { status: 'not-found' }
+    }
+    return { status: 'ok', bytes }
+  }
+
+  #count (peer: string, response: BlockResponse): void {
+    if (response.status === 'ok') {
+      const n = response.bytes.byteLength
+      this.#bytesSent += n
+      this.#blocksSent++
+      let s = this.#byPeer.get(peer)
+      if (s == null) {
+        s = { bytesSent: 0, blocks: 0 }
+        this.#byPeer.set(peer, s)
+      }
+      s.bytesSent += n
+      s.blocks++
+    } else if (response.status === 'not-found') {
+      this.#notFound++
+    } else {
+      this.#refused++
+    }
+  }
+}
