@@ -153,7 +153,7 @@ export class Daemon {
         dir: this.inboxDir,
         quietMs: cfg.inboxQuietMs,
         rescanIntervalMs: cfg.inboxRescanMs,
-        onReady: async (file) => { await ingest.claim({ path: file.path, name: file.name, readiness: file.readiness, sidecarPath: file.sidecarPath }) }
+        onReady: async (file) => { await ingest.claim({ path: file.path, name: file.name, readiness: file.readiness, sidecarPaths: file.sidecarPaths }) }
       })
       await this.#inbox.start()
     }

@@ -40,7 +40,7 @@ export interface ReadyFile {
   path: string
   name: string
   readiness: Readiness
-  sidecarPath?: string
+  sidecarPaths?: string[]
 }
 
 export interface IngestCounters {
@@ -87,7 +87,7 @@ export class IngestService {
   async claim (file: ReadyFile): Promise<string | undefined> {
     const id = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
     const claim: Claim = { id, name: file.name, inboxPath: file.path, spoolPath: path.join(this.#spoolDir, id), readiness: file.readiness, claimedAt: new Date().toISOString() }
-    if (file.sidecarPath != null) claim.sidecarPath = file.sidecarPath
+    if (file.sidecarPaths != null && file.sidecarPaths.length > 0) claim.sidecarPaths = file.sidecarPaths
     await this.#store.commit([this.#store.putClaim(claim)])
     try {
       await renameDurable(file.path, claim.spoolPath)
@@ -133,8 +133,7 @@ export class IngestService {
   }
 
   async #removeSidecar (claim: Claim): Promise<void> {
-    if (claim.sidecarPath == null) return
-    await fs.rm(claim.sidecarPath, { force: true }).catch(() => {})
+    for (const p of claim.sidecarPaths ?? []) await fs.rm(p, { force: true }).catch(() => {})
   }
 
   async #withLock<T> (cid: string, fn: () => Promise<T>): Promise<T> {

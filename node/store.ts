@@ -31,8 +31,8 @@ export interface Claim {
   spoolPath: string
   readiness: Readiness
   claimedAt: string
-  /** Sidecar that came with the file, removed together with it. */
-  sidecarPath?: string
+  /** Sidecars (NAME.sha256, NAME.size) that came with the file, removed together with it. */
+  sidecarPaths?: string[]
 }
 
 export interface LeafLocation {
