@@ -29,6 +29,7 @@ import type { LocalBlocks } from './block-store.ts'
 import { ensureDir, fsyncDir, renameDurable } from './fsutil.ts'
 import type { Logger } from './log.ts'
 import { backoffMs, runProcessingCommand } from './processor.ts'
+import { KeyedLock } from './keyed-lock.ts'
 import { Retrier } from './retrier.ts'
 import type { Store } from './store.ts'
 
@@ -63,6 +64,8 @@ export class HolderService {
   readonly #runs: PQueue
   readonly #retrier: Retrier
   readonly #active = new Set<string>()
+  /** Every read-modify-write of a holder record runs under its key. */
+  readonly #locks = new KeyedLock()
   readonly #stop = new AbortController()
 
   constructor (components: { store: Store, control: ControlChannel, client: BlockClient, local: LocalBlocks, log: Logger, selfId: string }, init: HolderServiceInit) {
@@ -103,15 +106,19 @@ export class HolderService {
     } catch (err: any) {
       return refuse('bad-cid', err.message)
     }
-    const existing = await this.#store.getHolder(msg.cid, msg.role)
-    if (existing != null) {
-      if (existing.epoch >= msg.epoch) return ok()
+    const rec = await this.#locks.run(`${msg.cid}/${msg.role}`, async () => {
+      const existing = await this.#store.getHolder(msg.cid, msg.role)
+      // The same assignment again (a retry, or its gossip announcement): already recorded.
+      if (existing != null && existing.epoch >= msg.epoch) return undefined
+      const sources = [...new Set([from, ...msg.sources])]
+      const next = assigned({ cid: msg.cid, name: msg.name, size: msg.size, role: msg.role, epoch: msg.epoch, coordinator: from, sources, now: new Date().toISOString() })
+      await this.#store.commit([this.#store.putHolder(next)])
+      return next
+    })
+    if (rec != null) {
+      this.#log.info('assigned', { cid: msg.cid, role: msg.role, peer: from, bytes: msg.size })
+      this.#schedule(rec)
     }
-    const sources = [...new Set([from, ...msg.sources])]
-    const rec = assigned({ cid: msg.cid, name: msg.name, size: msg.size, role: msg.role, epoch: msg.epoch, coordinator: from, sources, now: new Date().toISOString() })
-    await this.#store.commit([this.#store.putHolder(rec)])
-    this.#log.info('assigned', { cid: msg.cid, role: msg.role, peer: from, bytes: msg.size })
-    this.#schedule(rec)
     return ok()
   }
 
@@ -132,6 +139,11 @@ export class HolderService {
         if (rec.role === 'owner') this.#enqueueRun(rec)
         return
       case 'processed':
+        // A crash between recording "processed" and deleting the working copy leaves the copy: delete it now.
+        if (rec.role === 'owner' && rec.path != null) this.#removeWorkingCopy(rec.cid, rec.path).catch((err) => { this.#log.error('cannot remove working copy', { cid: rec.cid, err }) })
+        if (!rec.receiptAcked) this.#sendReceipt(rec)
+        if (!rec.outcomeAcked) this.#sendOutcome(rec)
+        return
       case 'failed':
         if (!rec.receiptAcked) this.#sendReceipt(rec)
         if (!rec.outcomeAcked) this.#sendOutcome(rec)
@@ -150,8 +162,13 @@ export class HolderService {
         if (size !== rec.size) this.#log.warn('file size differs from the assignment', { cid: rec.cid, bytes: size, expected: rec.size })
         await this.#fetchInto(partPath, leaves, sources, signal)
         const finalPath = await this.#commitFile(rec, partPath)
-        const next = stored(rec, finalPath, new Date().toISOString())
-        await this.#store.commit([this.#store.putHolder(next), ...this.#store.blockIndexOps(rec.cid, rec.role, finalPath, leaves, nodes)])
+        const index = this.#store.blockIndexOps(rec.cid, rec.role, finalPath, leaves, nodes)
+        const next = await this.#locks.run(`${rec.cid}/${rec.role}`, async () => {
+          const current = await this.#store.getHolder(rec.cid, rec.role) ?? rec
+          const done = stored(current, finalPath, new Date().toISOString())
+          await this.#store.commit([this.#store.putHolder(done), ...index])
+          return done
+        })
         const ms = Math.round(performance.now() - started)
         this.#log.info('stored durably', { cid: rec.cid, role: rec.role, file: finalPath, bytes: size, ms, MBps: ms > 0 ? +(size / 1e3 / ms).toFixed(1) : undefined })
         this.#schedule(next)
@@ -232,13 +249,16 @@ export class HolderService {
     })
   }
 
+  /** Applies `fn` to the current record under its lock and commits the result; undefined from `fn` = no change. */
   async #update (cid: string, role: HolderRole, fn: (r: HolderRecord) => HolderRecord | undefined): Promise<HolderRecord | undefined> {
-    const current = await this.#store.getHolder(cid, role)
-    if (current == null) return undefined
-    const next = fn(current)
-    if (next == null) return current
-    await this.#store.commit([this.#store.putHolder(next)])
-    return next
+    return await this.#locks.run(`${cid}/${role}`, async () => {
+      const current = await this.#store.getHolder(cid, role)
+      if (current == null) return undefined
+      const next = fn(current)
+      if (next == null) return current
+      await this.#store.commit([this.#store.putHolder(next)])
+      return next
+    })
   }
 
   #enqueueRun (rec: HolderRecord): void {
@@ -266,9 +286,7 @@ export class HolderService {
         const done = await this.#update(cid, 'owner', (r) => processingDone(r, new Date().toISOString()))
         this.#log.info('processed', { cid, attempt: rec.attempt, ms: result.durationMs })
         // The coordinator keeps the ingest copy until the backup's receipt, so the working copy can go now.
-        await fs.rm(rec.path, { force: true })
-        await fsyncDir(path.dirname(rec.path))
-        await this.#store.commit(await this.#store.dropBlockIndexOps(cid, 'owner'))
+        await this.#removeWorkingCopy(cid, rec.path)
         if (done != null) this.#sendOutcome(done)
         return
       }
@@ -284,6 +302,12 @@ export class HolderService {
       this.#log.warn('processing failed: will retry', { cid, attempt: rec.attempt, retryInMs: delayMs, err: error })
       await sleep(delayMs, signal)
     }
+  }
+
+  async #removeWorkingCopy (cid: string, workPath: string): Promise<void> {
+    await this.#store.commit(await this.#store.dropBlockIndexOps(cid, 'owner'))
+    await fs.rm(workPath, { force: true })
+    await fsyncDir(path.dirname(workPath))
   }
 
   /** Re-drives every record after a start. */

@@ -30,6 +30,7 @@ import type { Logger } from './log.ts'
 import type { MeshNode } from './mesh.ts'
 import type { MembershipService } from './membership-service.ts'
 import type { Claim, Store } from './store.ts'
+import { KeyedLock } from './keyed-lock.ts'
 import { Retrier } from './retrier.ts'
 
 export interface IngestServiceInit {
@@ -60,7 +61,7 @@ export class IngestService {
   readonly #spoolDir: string
   readonly #retrier: Retrier
   /** Serialises changes to one file's record (receipts from owner and backup may arrive together). */
-  readonly #locks = new Map<string, Promise<void>>()
+  readonly #locks = new KeyedLock()
   readonly #unplaced = new Set<string>()
   readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0 }
 
@@ -137,18 +138,7 @@ export class IngestService {
   }
 
   async #withLock<T> (cid: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#locks.get(cid) ?? Promise.resolve()
-    let release!: () => void
-    const next = new Promise<void>((resolve) => { release = resolve })
-    const chained = prev.then(() => next)
-    this.#locks.set(cid, chained)
-    await prev
-    try {
-      return await fn()
-    } finally {
-      release()
-      if (this.#locks.get(cid) === chained) this.#locks.delete(cid)
-    }
+    return await this.#locks.run(cid, fn)
   }
 
   /** received -> placed when an owner and a backup are live; otherwise waits for a membership change. */

@@ -150,7 +150,8 @@ export function progressFrom (rec: IngestRecord, peer: string, epoch: number, st
 
 /** (none) -> fetching: a coordinator assigned us the file. */
 export function assigned (init: { cid: string, name: string, size: number, role: HolderRole, epoch: number, coordinator: string, sources: string[], now: string }): HolderRecord {
-  return { ...init, state: 'fetching', assignedAt: init.now, receiptAcked: false, attempt: 0, outcomeAcked: false }
+  const { now, ...fields } = init
+  return { ...fields, state: 'fetching', assignedAt: now, receiptAcked: false, attempt: 0, outcomeAcked: false }
 }
 
 /** fetching -> stored: every block verified and fsynced, the file renamed into place, the directory fsynced. */
