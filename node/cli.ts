@@ -29,7 +29,7 @@ const positiveInt = (what: string) => (value: string): number => {
 
 function program (): Command {
   const cmd = new Command('filemesh')
-    .description('Peer-to-peer file distribution mesh: every file landing on an ingest node is processed by exactly one\nprocessing node and archived on a backup node, moved as content-addressed blocks over libp2p.')
+    .description('Peer-to-peer file distribution mesh: every file landing on an ingest node is processed by exactly one processing node and archived on a backup node, moved as content-addressed blocks over libp2p.')
     .version(process.env.npm_package_version ?? '0.1.0', '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
@@ -38,7 +38,9 @@ function program (): Command {
   cmd.command('run')
     .description('Run the daemon. Writes DIR/node.json (peer ID, addresses, API address) once it serves.')
     .requiredOption('--data <dir>', 'state directory: peer identity, database, spool (created if missing)')
-    .requiredOption('--roles <list>', 'comma-separated roles: ingest, process, backup', parseRoles)
+    .requiredOption('--roles <list>', 'comma-separated roles: ingest, process, backup', (v) => {
+      try { return parseRoles(v) } catch (err: any) { throw new InvalidArgumentError(err.message) }
+    })
     .option('--listen <multiaddr>', 'address to listen on, repeatable (default /ip4/127.0.0.1/tcp/0)', collect)
     .option('--bootstrap <multiaddr>', 'full multiaddr (with /p2p/ID) of a member to join through, repeatable', collect)
     .option('--inbox <dir>', 'directory watched for new files (ingest role; default DIR/inbox)')
@@ -56,7 +58,7 @@ function program (): Command {
     .action(async (opts) => { await runDaemon(opts) })
 
   cmd.command('add')
-    .description('Hand files to an ingest node: hash each locally, copy it atomically into the node\'s inbox, and\nprint its CID (one per line). Works while the daemon is down when --data is given.')
+    .description('Hand files to an ingest node: hash each locally, copy it atomically into the node\'s inbox, and print its CID (one per line). Works while the daemon is down when --data is given.')
     .argument('<file...>', 'files to add')
     .option('--data <dir>', 'the ingest node\'s state directory')
     .option('--api <host:port>', 'the ingest node\'s control API')
