@@ -74,6 +74,7 @@ export class Daemon {
   #members: MembershipService | undefined
   #control: ControlChannel | undefined
   #blockServer: BlockServer | undefined
+  #blockClient: BlockClient | undefined
   #ingest: IngestService | undefined
   #holder: HolderService | undefined
   #inbox: InboxWatcher | undefined
@@ -121,6 +122,7 @@ export class Daemon {
     this.#blockServer = new BlockServer({ node }, { source: local })
     await this.#blockServer.start()
     const client = new BlockClient({ node })
+    this.#blockClient = client
 
     if (cfg.roles.includes('process') || cfg.roles.includes('backup')) {
       let archive: Archive | undefined
@@ -224,6 +226,7 @@ export class Daemon {
       uptimeMs: Math.round(now - this.#startedMs),
       members: (this.#members?.view.live() ?? []).map((m) => memberStatus(m, now)),
       ...fileStatus,
+      transfer: { served: this.#blockServer?.stats(), fetched: this.#blockClient?.stats() },
       counters: {
         ...(this.#ingest?.counters ?? {}),
         rejectedHeartbeats: this.#members?.rejectedMessages ?? 0,

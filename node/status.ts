@@ -61,6 +61,11 @@ export interface NodeStatus {
   owner: HolderCounts
   backup: HolderCounts
   failed: FailedFile[]
+  /** Block bytes this node served to and fetched from each peer since it started. */
+  transfer: {
+    served?: { bytesSent: number, blocksSent: number, byPeer: Record<string, { bytesSent: number, blocks: number }> }
+    fetched?: { bytesReceived: number, blocksReceived: number, byPeer: Record<string, { bytesReceived: number, blocks: number }> }
+  }
   counters: Record<string, number>
 }
 
