@@ -6,6 +6,13 @@
  *
  * Every block is verified against its CID right before it is sent: a corrupt copy is answered NOT_FOUND
  * and logged, never served (invariant I2).
+ *
+ * Per peer (protocols/limits.ts): every stream and every request frame costs a token of the peer's bucket;
+ * a peer over its rate gets REFUSED, its stream reset, and every new block stream refused for
+ * PEER_PENALTY_MS. It may have BLOCK_STREAMS_PER_PEER_MAX streams open (more: refused and penalised) and
+ * BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX requests being answered over all of them (more: not read until
+ * some are answered), and all peers together BLOCK_REQUESTS_OUTSTANDING_MAX, so the blocks held in memory
+ * for peers are bounded whatever they send.
  */
 import { lpStream } from '@libp2p/utils'
 import type { Connection, Libp2p, Stream } from '@libp2p/interface'
@@ -14,12 +21,16 @@ import { BlockMismatchError, verifyBlock } from '../protocols/cid-policy.ts'
 import { BLOCKS_PROTOCOL } from '../protocols/ids.ts'
 import {
   BLOCK_BYTES_MAX, BLOCK_REQUEST_BUFFER_BYTES_MAX, BLOCK_REQUEST_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS,
-  BLOCK_REQUESTS_IN_FLIGHT_MAX, BLOCK_STREAMS_INBOUND_MAX
+  BLOCK_REQUESTS_IN_FLIGHT_MAX, BLOCK_REQUESTS_OUTSTANDING_MAX, BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX,
+  BLOCK_REQUESTS_PER_PEER_BURST, BLOCK_REQUESTS_PER_PEER_PER_SEC, BLOCK_STREAMS_INBOUND_MAX, BLOCK_STREAMS_PER_PEER_MAX,
+  PEER_PENALTY_MS, RATE_LIMITED_PEERS_MAX
 } from '../protocols/limits.ts'
 import { decodeBlockRequest, encodeBlockResponse, FrameError } from '../protocols/blocks.ts'
 import type { BlockResponse } from '../protocols/blocks.ts'
 import { createLogger } from './log.ts'
 import type { Logger } from './log.ts'
+import { PeerRateLimiter, PeerSlots, ThrottledLog } from './rate-limit.ts'
+import type { PeerRateLimiterStats, RateClock } from './rate-limit.ts'
 
 /** Where the server finds blocks. */
 export interface BlockSource {
@@ -41,6 +52,18 @@ export interface BlockServerInit {
   /** Longest a lookup or the write of one response may take before the stream is given up. */
   requestTimeoutMs?: number
   logger?: Logger
+  /** Request frames (and streams) per peer per second (default BLOCK_REQUESTS_PER_PEER_PER_SEC). */
+  requestsPerPeerPerSec?: number
+  /** Burst above that rate (default BLOCK_REQUESTS_PER_PEER_BURST). */
+  requestsPerPeerBurst?: number
+  /** Open inbound block streams per peer (default BLOCK_STREAMS_PER_PEER_MAX). */
+  streamsPerPeerMax?: number
+  /** Requests of one peer being answered at once (default BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX). */
+  outstandingPerPeerMax?: number
+  /** Requests being answered at once, all peers (default BLOCK_REQUESTS_OUTSTANDING_MAX). */
+  outstandingMax?: number
+  penaltyMs?: number
+  clock?: RateClock
 }
 
 export interface BlockPeerStats { bytesSent: number, blocks: number }
@@ -55,6 +78,11 @@ export interface BlockServerStats {
   /** Requests answered REFUSED (malformed, disallowed, over a limit). */
   refused: number
   streamsOpen: number
+  /** Streams refused because the peer had BLOCK_STREAMS_PER_PEER_MAX open. */
+  tooManyStreams: number
+  /** Requests being answered now (blocks held in memory). */
+  outstanding: number
+  rate: PeerRateLimiterStats
   byPeer: Record<string, BlockPeerStats>
 }
 
@@ -79,6 +107,11 @@ export class BlockServer {
   readonly #log: Logger
   readonly #streams = new Set<Stream>()
   readonly #byPeer = new Map<string, BlockPeerStats>()
+  readonly #limiter: PeerRateLimiter
+  readonly #streamsByPeer: PeerSlots
+  readonly #outstanding: PeerSlots
+  readonly #throttled: ThrottledLog
+  #tooManyStreams = 0
   #started = false
   #bytesSent = 0
   #blocksSent = 0
@@ -93,6 +126,16 @@ export class BlockServer {
     this.#window = Math.max(1, init.windowRequests ?? DEFAULT_BLOCK_SERVER_WINDOW_REQUESTS)
     this.#timeoutMs = init.requestTimeoutMs ?? BLOCK_REQUEST_TIMEOUT_MS
     this.#log = init.logger ?? createLogger('block-server')
+    this.#throttled = new ThrottledLog(this.#log, { clock: init.clock })
+    this.#limiter = new PeerRateLimiter({
+      ratePerSec: init.requestsPerPeerPerSec ?? BLOCK_REQUESTS_PER_PEER_PER_SEC,
+      burst: init.requestsPerPeerBurst ?? BLOCK_REQUESTS_PER_PEER_BURST,
+      penaltyMs: init.penaltyMs ?? PEER_PENALTY_MS,
+      peersMax: RATE_LIMITED_PEERS_MAX,
+      clock: init.clock
+    })
+    this.#streamsByPeer = new PeerSlots({ perPeerMax: init.streamsPerPeerMax ?? BLOCK_STREAMS_PER_PEER_MAX })
+    this.#outstanding = new PeerSlots({ perPeerMax: init.outstandingPerPeerMax ?? BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX, totalMax: init.outstandingMax ?? BLOCK_REQUESTS_OUTSTANDING_MAX })
   }
 
   async start (): Promise<void> {
@@ -120,19 +163,41 @@ export class BlockServer {
       corruptWithheld: this.#corruptWithheld,
       refused: this.#refused,
       streamsOpen: this.#streams.size,
+      tooManyStreams: this.#tooManyStreams,
+      outstanding: this.#outstanding.active(),
+      rate: this.#limiter.stats(),
       byPeer: Object.fromEntries([...this.#byPeer].map(([peer, s]) => [peer, { ...s }]))
     }
   }
 
-  /** The thin handler: track the stream, run it detached, log how it ended. */
+  /** The thin handler: penalty box, streams per peer, rate; then track the stream, run it detached, log how it ended. */
   #accept (stream: Stream, connection: Connection): void {
     const peer = connection.remotePeer.toString()
+    if (this.#limiter.isPenalised(peer)) {
+      this.#limiter.countRefused()
+      stream.abort(new Error('peer is penalised for going over a limit'))
+      return
+    }
+    if (!this.#streamsByPeer.tryAcquire(peer)) {
+      this.#tooManyStreams++
+      this.#limiter.penalise(peer)
+      this.#throttled.warn(peer, 'too many open block streams: refused and penalised', { max: BLOCK_STREAMS_PER_PEER_MAX })
+      stream.abort(new Error('too many block streams'))
+      return
+    }
+    if (this.#limiter.take(peer) !== 'ok') {
+      this.#streamsByPeer.release(peer)
+      this.#throttled.warn(peer, 'block requests over the rate limit: refused and penalised', { perSec: BLOCK_REQUESTS_PER_PEER_PER_SEC })
+      stream.abort(new Error('block request rate exceeded'))
+      return
+    }
     this.#streams.add(stream)
     this.#serve(stream, peer).catch((err: unknown) => {
       this.#log.debug('block stream ended with an error', { peer, err })
       stream.abort(err instanceof Error ? err : new Error(String(err)))
     }).finally(() => {
       this.#streams.delete(stream)
+      this.#streamsByPeer.release(peer)
     })
   }
 
@@ -140,9 +205,12 @@ export class BlockServer {
     const lp = lpStream(stream, { maxDataLength: BLOCK_REQUEST_BYTES_MAX, maxBufferSize: BLOCK_REQUEST_BUFFER_BYTES_MAX })
     // Responses in request order; an entry leaves the queue only once written, so the reader (which waits
     // while the queue holds W entries) reads request N+W only after response N went out.
-    const queue: Array<Promise<BlockResponse>> = []
+    // An entry with `slot` holds one of the peer's outstanding slots (a block in memory) until it is written.
+    const queue: Array<{ response: Promise<BlockResponse>, slot: boolean }> = []
+    const refused = { response: Promise.resolve<BlockResponse>({ status: 'refused' }), slot: false }
     let readerDone = false
     let unparseable: Error | undefined
+    let overRate = false
     let wakeWriter: PromiseWithResolvers<void> | undefined
     let wakeReader: PromiseWithResolvers<void> | undefined
 
@@ -169,14 +237,25 @@ export class BlockServer {
             if (isEndOfStream(err) || closed.signal.aborted) return
             if (isBadLength(err)) {
               unparseable = err as Error
-              queue.push(Promise.resolve({ status: 'refused' }))
+              queue.push(refused)
               return
             }
             throw err
           }
+          if (this.#limiter.take(peer) !== 'ok') {
+            overRate = true
+            queue.push(refused)
+            return
+          }
+          // Over the peer's (or everyone's) outstanding requests: read nothing more until a slot is free.
+          try {
+            await this.#outstanding.acquire(peer, closed.signal)
+          } catch {
+            return
+          }
           const answer = this.#answer(frame, peer, closed.signal)
           answer.catch(() => {}) // awaited by the writer; this only keeps a stream reset from leaving it unhandled
-          queue.push(answer)
+          queue.push({ response: answer, slot: true })
           wakeWriter?.resolve()
         }
       } finally {
@@ -194,10 +273,11 @@ export class BlockServer {
           await wakeWriter.promise
           continue
         }
-        const response = await next
+        const response = await next.response
         const signal = AbortSignal.any([closed.signal, AbortSignal.timeout(this.#timeoutMs)])
         await lp.write(encodeBlockResponse(response), { signal })
         queue.shift()
+        if (next.slot) this.#outstanding.release(peer)
         this.#count(peer, response)
         wakeReader?.resolve()
       }
@@ -213,6 +293,12 @@ export class BlockServer {
       throw err
     } finally {
       stream.removeEventListener('close', onClose)
+      for (const entry of queue.splice(0)) if (entry.slot) this.#outstanding.release(peer)
+    }
+    if (overRate) {
+      this.#throttled.warn(peer, 'block requests over the rate limit: refused, stream reset, peer penalised', { perSec: BLOCK_REQUESTS_PER_PEER_PER_SEC })
+      stream.abort(new Error('block request rate exceeded'))
+      return
     }
     if (unparseable != null) {
       this.#log.warn('unparseable block request frame: refused and reset the stream', { peer, err: unparseable })

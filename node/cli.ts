@@ -1,7 +1,8 @@
 /**
  * The `filemesh` command line: `run` (the daemon), `add` (hand files to an ingest node), `status` (members
- * and files by state). stdout carries data (CIDs, tables, JSON); logs and messages go to stderr, except the
- * daemon's structured log lines, which go to stdout as a service's log does.
+ * and files by state), `keygen` (a new swarm key for a private mesh). stdout carries data (CIDs, tables,
+ * JSON, keys); logs and messages go to stderr, except the daemon's structured log lines, which go to stdout
+ * as a service's log does. SIGHUP makes `run` re-read its peer allowlist.
  * Exit codes: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 78 bad configuration.
  */
 import fs from 'node:fs/promises'
@@ -15,6 +16,7 @@ import { addFiles } from './add.ts'
 import { configureLogging, isLogLevel } from './log.ts'
 import type { NodeStatus } from './status.ts'
 import { formatStatus } from './status-format.ts'
+import { SecurityConfigError, generateSwarmKey, loadApiToken, parseApiToken, writeSwarmKeyFile } from './security.ts'
 
 export const EXIT_USAGE = 2
 export const EXIT_UNAVAILABLE = 69
@@ -50,10 +52,15 @@ function program (): Command {
     .option('--exec-timeout-ms <ms>', 'time limit of one processing run', positiveInt('--exec-timeout-ms'), 3_600_000)
     .option('--archive <dir>', 'archive directory (backup role; default DIR/archive)')
     .option('--api <host:port>', 'local control API address', '127.0.0.1:0')
-    .option('--api-public', 'allow a non-loopback --api address')
+    .option('--api-public', 'allow a non-loopback --api address (also needs --api-token-file)')
+    .option('--api-token-file <file>', 'file with the API bearer token; every API request must then send it')
+    .option('--swarm-key <file>', 'swarm key (from `filemesh keygen`): only nodes with the same key can connect')
+    .option('--allow-peers <file>', 'allowlist: one peer ID per line (# comments); others are refused both ways; re-read on SIGHUP')
     .option('--weight <n>', 'relative capacity for placement', (v) => { const n = Number(v); if (!(n > 0)) throw new InvalidArgumentError('--weight must be > 0'); return n }, 1)
     .option('--quiet-ms <ms>', 'an in-place file unchanged this long, and open by no writer, counts as complete', positiveInt('--quiet-ms'), 30_000)
     .option('--heartbeat-ms <ms>', 'membership heartbeat interval', positiveInt('--heartbeat-ms'), 1_000)
+    .option('--reassign-grace-ms <ms>', 'an owner or backup gone this long is replaced by the next in rendezvous order (ingest role)', positiveInt('--reassign-grace-ms'), 15_000)
+    .option('--min-free-bytes <n>', 'refuse new files when free space in the work or archive directory would fall below this', positiveInt('--min-free-bytes'), 1024 * 1024 * 1024)
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default(process.env.FILEMESH_LOG_LEVEL ?? 'info'))
     .action(async (opts) => { await runDaemon(opts) })
 
@@ -63,6 +70,7 @@ function program (): Command {
     .option('--data <dir>', 'the ingest node\'s state directory')
     .option('--api <host:port>', 'the ingest node\'s control API')
     .option('--link', 'hard-link instead of copying (only if nothing will modify the file afterwards)')
+    .option('--api-token-file <file>', 'the API token, if the node\'s API needs one (or set FILEMESH_API_TOKEN)')
     .action(async (files: string[], opts) => {
       const inbox = await findInbox(opts)
       for await (const added of addFiles(files, { inbox, link: opts.link === true })) process.stdout.write(`${added.cid}\n`)
@@ -73,9 +81,23 @@ function program (): Command {
     .option('--data <dir>', 'the node\'s state directory (reads DIR/node.json for the API address)')
     .option('--api <host:port>', 'the node\'s control API')
     .option('--json', 'print the status document as JSON')
+    .option('--api-token-file <file>', 'the API token, if the node\'s API needs one (or set FILEMESH_API_TOKEN)')
     .action(async (opts) => {
-      const status = await fetchStatus(await apiAddress(opts))
+      const status = await fetchStatus(await apiAddress(opts), await clientToken(opts))
       process.stdout.write(opts.json === true ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+    })
+
+  cmd.command('keygen')
+    .description('Print a new swarm key (/key/swarm/psk/1.0.0/, /base16/, 64 hex digits). Give the same file to every member with `run --swarm-key FILE`; keep it secret.')
+    .option('-o, --output <file>', 'write the key to FILE (mode 0600; never overwrites) instead of stdout')
+    .action(async (opts) => {
+      const key = generateSwarmKey()
+      if (opts.output == null) { process.stdout.write(key); return }
+      try {
+        await writeSwarmKeyFile(opts.output, key)
+      } catch (err) {
+        throw new CliError(err instanceof Error ? err.message : String(err), 1)
+      }
     })
   return cmd
 }
@@ -106,21 +128,33 @@ async function apiAddress (opts: { data?: string, api?: string }): Promise<strin
   return info.api
 }
 
-async function fetchStatus (api: string): Promise<NodeStatus> {
+/** The API token a client sends: from --api-token-file, else FILEMESH_API_TOKEN, else none. */
+async function clientToken (opts: { apiTokenFile?: string }): Promise<string | undefined> {
+  try {
+    if (opts.apiTokenFile != null) return await loadApiToken(opts.apiTokenFile)
+    const env = process.env.FILEMESH_API_TOKEN
+    return env != null && env.trim() !== '' ? parseApiToken(env, 'FILEMESH_API_TOKEN') : undefined
+  } catch (err) {
+    throw new CliError(err instanceof Error ? err.message : String(err), err instanceof SecurityConfigError ? EXIT_CONFIG : 1)
+  }
+}
+
+async function fetchStatus (api: string, token?: string): Promise<NodeStatus> {
   const { host, port } = parseHostPort(api)
   let res: Response
   try {
-    res = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}/api/status`, { signal: AbortSignal.timeout(10_000) })
+    res = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}/api/status`, { signal: AbortSignal.timeout(10_000), headers: token != null ? { authorization: `Bearer ${token}` } : {} })
   } catch (err: any) {
     throw new CliError(`cannot reach the daemon's API at ${api}: ${err.cause?.code ?? err.message}. Is it running?`, EXIT_UNAVAILABLE)
   }
+  if (res.status === 401) throw new CliError(`the daemon at ${api} refused the request (401): ${token == null ? 'its API needs a token; pass --api-token-file FILE or set FILEMESH_API_TOKEN' : 'wrong API token'}`, 1)
   if (!res.ok) throw new CliError(`the daemon at ${api} answered ${res.status}`, 1)
   return await res.json() as NodeStatus
 }
 
-async function findInbox (opts: { data?: string, api?: string }): Promise<string> {
+async function findInbox (opts: { data?: string, api?: string, apiTokenFile?: string }): Promise<string> {
   if (opts.api != null) {
-    const status = await fetchStatus(opts.api)
+    const status = await fetchStatus(opts.api, await clientToken(opts))
     if (status.inbox == null) throw new CliError(`the node at ${opts.api} has no ingest role`, 1)
     return status.inbox
   }
@@ -145,9 +179,14 @@ async function runDaemon (opts: Record<string, any>): Promise<void> {
     execTimeoutMs: opts.execTimeoutMs,
     api: opts.api,
     apiPublic: opts.apiPublic === true,
+    apiTokenFile: opts.apiTokenFile != null ? path.resolve(opts.apiTokenFile) : undefined,
+    swarmKeyFile: opts.swarmKey != null ? path.resolve(opts.swarmKey) : undefined,
+    allowPeersFile: opts.allowPeers != null ? path.resolve(opts.allowPeers) : undefined,
     weight: opts.weight,
     inboxQuietMs: opts.quietMs,
-    heartbeatIntervalMs: opts.heartbeatMs
+    heartbeatIntervalMs: opts.heartbeatMs,
+    reassignGraceMs: opts.reassignGraceMs,
+    minFreeBytes: opts.minFreeBytes
   })
   let stopping = false
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -164,6 +203,10 @@ async function runDaemon (opts: Record<string, any>): Promise<void> {
   }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
+  process.on('SIGHUP', () => {
+    if (stopping) return
+    daemon.reload().catch((err) => { process.stderr.write(`filemesh: reload failed: ${err?.message ?? err}\n`) })
+  })
   try {
     await daemon.start()
   } catch (err: any) {

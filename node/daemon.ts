@@ -24,11 +24,18 @@ import { InboxWatcher } from './inbox.ts'
 import { IngestService } from './ingest.ts'
 import { createLogger } from './log.ts'
 import { createMeshNode, loadOrCreateIdentity } from './mesh.ts'
+import { PeerGate, SecurityConfigError, applyAllowlist, loadApiToken, loadPeerList, loadSwarmKey } from './security.ts'
+import type { SwarmKey } from './security.ts'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { MeshNode } from './mesh.ts'
 import { MembershipService } from './membership-service.ts'
+import { ThrottledLog } from './rate-limit.ts'
 import { collectFileStatus, memberStatus } from './status.ts'
 import type { NodeStatus } from './status.ts'
 import { Store } from './store.ts'
+import { drainReport } from './drain.ts'
+import { Scrubber } from './scrub.ts'
+import type { DrainReport } from './drain.ts'
 
 export interface DaemonConfig {
   dataDir: string
@@ -43,13 +50,25 @@ export interface DaemonConfig {
   execTimeoutMs?: number
   /** host:port of the local API; default 127.0.0.1:0 (any free port). */
   api?: string
-  /** Allow a non-loopback API address. */
+  /** Allow a non-loopback API address (also needs `apiTokenFile`). */
   apiPublic?: boolean
+  /** File holding the API bearer token; when set, every API request must carry it. */
+  apiTokenFile?: string
+  /** Swarm key file (`filemesh keygen`): only nodes with the same key can connect. */
+  swarmKeyFile?: string
+  /** Peer allowlist file (one peer ID per line), enforced in both directions; re-read by `reload()`. */
+  allowPeersFile?: string
   weight?: number
   heartbeatIntervalMs?: number
   /** Quiet period after which an in-place file without other evidence counts as complete. */
   inboxQuietMs?: number
   inboxRescanMs?: number
+  /** An owner or backup absent this long is replaced (ingest role). */
+  reassignGraceMs?: number
+  /** Holders refuse new files when free space would fall below this (bytes). */
+  minFreeBytes?: number
+  /** Re-hash every stored copy this often (0 = only on `filemesh scrub`). */
+  scrubIntervalMs?: number
 }
 
 export interface NodeInfo {
@@ -64,6 +83,7 @@ export interface NodeInfo {
 
 export const NODE_INFO_FILE = 'node.json'
 export const DEFAULT_API = '127.0.0.1:0'
+export const DEFAULT_SCRUB_INTERVAL_MS = 6 * 3_600_000
 
 export class Daemon {
   readonly config: DaemonConfig
@@ -80,7 +100,12 @@ export class Daemon {
   #inbox: InboxWatcher | undefined
   #api: ApiServer | undefined
   #apiAddr = ''
+  #gate: PeerGate | undefined
   #ready = false
+  #draining = false
+  #scrubber: Scrubber | undefined
+  #scrubTimer: NodeJS.Timeout | undefined
+  readonly #announcements = { rejected: 0, ignored: 0 }
 
   constructor (config: DaemonConfig) {
     this.config = config
@@ -104,17 +129,27 @@ export class Daemon {
     const apiHostPort = cfg.api ?? DEFAULT_API
     const apiHost = parseHostPort(apiHostPort).host
     if (!isLoopbackHost(apiHost) && cfg.apiPublic !== true) throw new RangeError(`the control API address ${apiHostPort} is not loopback; pass --api-public to expose it on purpose`)
+    if (!isLoopbackHost(apiHost) && cfg.apiTokenFile == null) throw new SecurityConfigError(`the control API address ${apiHostPort} is not loopback; it needs a token too (--api-token-file FILE)`)
+    const log = this.#log
+    const apiToken = cfg.apiTokenFile != null ? await loadApiToken(cfg.apiTokenFile) : undefined
+    const swarmKey: SwarmKey | undefined = cfg.swarmKeyFile != null ? await loadSwarmKey(cfg.swarmKeyFile, { log }) : undefined
+    const allowPeers = cfg.allowPeersFile != null ? await loadPeerList(cfg.allowPeersFile) : undefined
     await ensureDir(cfg.dataDir)
     for (const dir of ['spool', 'work']) await ensureDir(path.join(cfg.dataDir, dir))
     this.#store = new Store(path.join(cfg.dataDir, 'db'))
     await this.#store.open()
     const store = this.#store
     const privateKey = await loadOrCreateIdentity(cfg.dataDir)
-    this.#node = await createMeshNode({ privateKey, listen: cfg.listen, bootstrap: cfg.bootstrap })
+    if (cfg.allowPeersFile != null && allowPeers != null) {
+      this.#gate = new PeerGate({ selfId: peerIdFromPrivateKey(privateKey).toString(), file: cfg.allowPeersFile, peers: allowPeers, log: log.child('gater') })
+    }
+    this.#node = await createMeshNode({ privateKey, listen: cfg.listen, bootstrap: cfg.bootstrap, swarmKey: swarmKey?.psk, connectionGater: this.#gate?.gater() })
     const node = this.#node
     const selfId = node.peerId.toString()
-    const log = this.#log
     log.info('libp2p started', { peer: selfId, addrs: node.getMultiaddrs().map(String).join(' '), roles: cfg.roles.join(',') })
+    if (swarmKey != null) log.info('private mesh: only nodes with this swarm key can connect', { fingerprint: swarmKey.fingerprint })
+    else log.warn('NO SWARM KEY: this mesh is OPEN to anyone who can reach its addresses; create a key with `filemesh keygen -o swarm.key` and pass --swarm-key swarm.key to every member')
+    if (this.#gate != null) log.info('peer allowlist enforced in both directions', { file: cfg.allowPeersFile, peers: this.#gate.size })
 
     this.#members = new MembershipService(node, { nowMs: () => performance.now() }, log.child('members'), { roles: cfg.roles, weight: cfg.weight, heartbeatIntervalMs: cfg.heartbeatIntervalMs })
     this.#control = new ControlChannel(node, log.child('control'))
@@ -131,23 +166,31 @@ export class Daemon {
         await archive.init()
       }
       if (cfg.roles.includes('process') && cfg.exec == null) log.warn('no --exec command: owned files are marked processed without running anything')
-      this.#holder = new HolderService({ store, control: this.#control, client, local, log: log.child('holder'), selfId }, {
-        roles: cfg.roles, workDir: path.join(cfg.dataDir, 'work'), archive, exec: cfg.exec, execConcurrency: cfg.execConcurrency, execAttemptsMax: cfg.execAttemptsMax, execTimeoutMs: cfg.execTimeoutMs
+      const members = this.#members
+      const isIngest = (peer: string): boolean => members.view.isLive(peer) && members.view.get(peer)?.roles.includes('ingest') === true
+      this.#holder = new HolderService({ store, control: this.#control, client, local, log: log.child('holder'), selfId, isIngest }, {
+        roles: cfg.roles, workDir: path.join(cfg.dataDir, 'work'), archive, minFreeBytes: cfg.minFreeBytes, exec: cfg.exec, execConcurrency: cfg.execConcurrency, execAttemptsMax: cfg.execAttemptsMax, execTimeoutMs: cfg.execTimeoutMs
       })
       await this.#holder.start()
     }
     if (cfg.roles.includes('ingest')) {
-      this.#ingest = new IngestService({ store, node, members: this.#members, control: this.#control, log: log.child('ingest') }, { spoolDir: path.join(cfg.dataDir, 'spool') })
+      this.#ingest = new IngestService({ store, node, members: this.#members, control: this.#control, log: log.child('ingest') }, { spoolDir: path.join(cfg.dataDir, 'spool'), reassignGraceMs: cfg.reassignGraceMs })
     }
     await this.#control.start(async (from, msg) => await this.#dispatch(from, msg))
     this.#subscribeFiles()
     this.#members.start()
 
-    this.#api = new ApiServer({ status: async () => await this.status(), ready: () => this.#ready }, log.child('api'))
+    this.#scrubber = new Scrubber({ store, client, local, peers: () => (this.#members?.view.live() ?? []).filter((m) => !m.self).map((m) => m.id), log: log.child('scrub') })
+    if ((cfg.scrubIntervalMs ?? DEFAULT_SCRUB_INTERVAL_MS) > 0) {
+      this.#scrubTimer = setInterval(() => { this.#scrubber?.run().catch((err) => { log.error('scrub failed', { err }) }) }, cfg.scrubIntervalMs ?? DEFAULT_SCRUB_INTERVAL_MS)
+      this.#scrubTimer.unref()
+    }
+    this.#api = new ApiServer({ status: async () => await this.status(), ready: () => this.#ready, drain: async () => await this.drain(), drainStatus: async () => await this.drainStatus(), scrub: async () => await (this.#scrubber as Scrubber).run() }, log.child('api'), { token: apiToken })
     this.#apiAddr = await this.#api.listen(apiHostPort)
 
     await this.#holder?.reconcile()
     await this.#ingest?.reconcile()
+    this.#ingest?.start()
     if (this.#ingest != null && this.inboxDir != null) {
       await ensureDir(this.inboxDir)
       const ingest = this.#ingest
@@ -170,35 +213,55 @@ export class Daemon {
     switch (msg.type) {
       case 'assign': return this.#holder != null ? await this.#holder.onAssign(from, msg) : refuse('wrong-role', 'this node holds no files')
       case 'receipt': return this.#ingest != null ? await this.#ingest.onReceipt(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'lease': return this.#ingest != null ? await this.#ingest.onLease(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'decline': return this.#ingest != null ? await this.#ingest.onDecline(from, msg) : refuse('wrong-role', 'this node coordinates no files')
       case 'progress': return this.#ingest != null ? await this.#ingest.onProgress(from, msg) : refuse('wrong-role', 'this node coordinates no files')
     }
   }
 
-  /** Announcements: accepted only from members with the ingest role; a holder named in one treats it as an assignment. */
+  /**
+   * Announcements: accepted only from live members with the ingest role. A sender we have no live heartbeat
+   * from is ignored (neither delivered nor forwarded, no score penalty: it may simply be new to us); a live
+   * member without the ingest role is rejected (gossipsub penalises it), counted and logged. A holder named
+   * in an accepted announcement treats it as an assignment, de-duplicated by its durable record.
+   */
   #subscribeFiles (): void {
     const node = this.#node as MeshNode
     const pubsub = node.services.pubsub
     const log = this.#log.child('files')
+    const throttled = new ThrottledLog(log)
+    const role = (peer: string): 'ingest' | 'other' | 'unknown' => {
+      const view = this.#members?.view
+      if (view == null || !view.isLive(peer)) return 'unknown'
+      return view.get(peer)?.roles.includes('ingest') === true ? 'ingest' : 'other'
+    }
     pubsub.topicValidators.set(FILES_TOPIC, (_from, msg: Message) => {
       if (msg.type !== 'signed') return TopicValidatorResult.Reject
+      const peer = msg.from.toString()
       try {
-        if (decodeGossip(msg.data).type !== 'announce') return TopicValidatorResult.Reject
+        if (decodeGossip(msg.data).type !== 'announce') throw new MessageError('not an announcement')
       } catch (err) {
-        log.warn('rejected an announcement', { peer: msg.from.toString(), err: err instanceof MessageError ? err.message : err })
+        this.#announcements.rejected++
+        throttled.warn(peer, 'rejected an announcement', { err: err instanceof MessageError ? err.message : err })
         return TopicValidatorResult.Reject
       }
-      const sender = this.#members?.view.get(msg.from.toString())
-      if (sender != null && !sender.roles.includes('ingest')) {
-        log.warn('rejected an announcement from a non-ingest member', { peer: msg.from.toString() })
-        return TopicValidatorResult.Reject
+      switch (role(peer)) {
+        case 'ingest': return TopicValidatorResult.Accept
+        case 'unknown':
+          this.#announcements.ignored++
+          log.debug('ignored an announcement from a peer that is not a live member', { peer })
+          return TopicValidatorResult.Ignore
+        case 'other':
+          this.#announcements.rejected++
+          throttled.warn(peer, 'rejected an announcement from a member without the ingest role')
+          return TopicValidatorResult.Reject
       }
-      return TopicValidatorResult.Accept
     })
     pubsub.addEventListener('message', (evt) => {
       const msg = evt.detail
       if (msg.topic !== FILES_TOPIC || msg.type !== 'signed') return
       const from = msg.from.toString()
-      if (this.#members?.view.get(from)?.roles.includes('ingest') !== true) return
+      if (role(from) !== 'ingest') return
       let ann
       try { ann = decodeGossip(msg.data) } catch { return }
       if (ann.type !== 'announce' || this.#holder == null) return
@@ -210,6 +273,40 @@ export class Daemon {
       }
     })
     pubsub.subscribe(FILES_TOPIC)
+  }
+
+  /** Stops taking new work (heartbeat says draining, assignments refused, inbox no longer claimed). Idempotent. */
+  async drain (): Promise<DrainReport> {
+    if (!this.#draining) {
+      this.#draining = true
+      this.#log.warn('draining: no new work will be taken; run `filemesh drain` to see when this node is safe to remove')
+      this.#members?.setDraining(true)
+      this.#holder?.setDraining(true)
+      await this.#inbox?.stop()
+      this.#inbox = undefined
+    }
+    return await this.drainStatus()
+  }
+
+  async drainStatus (): Promise<DrainReport> {
+    const store = this.#store as Store
+    const ingest = []
+    for await (const rec of store.ingestRecords()) ingest.push(rec)
+    const holder = []
+    for await (const rec of store.holderRecords()) holder.push(rec)
+    let inboxFiles = 0
+    if (this.inboxDir != null) inboxFiles = (await fs.readdir(this.inboxDir).catch(() => [])).filter((n) => !n.startsWith('.') && !/\.(part|filepart|tmp|sha256|size)$/i.test(n)).length
+    return drainReport({ draining: this.#draining, roles: this.config.roles, ingest, holder, inboxFiles })
+  }
+
+  /** Waits until nothing is fetched or processed here, or `timeoutMs` passed. */
+  async settle (timeoutMs: number): Promise<boolean> {
+    const deadline = performance.now() + timeoutMs
+    while (performance.now() < deadline) {
+      if (this.#holder == null || this.#holder.idle) return true
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    return false
   }
 
   async status (): Promise<NodeStatus> {
@@ -230,14 +327,52 @@ export class Daemon {
       counters: {
         ...(this.#ingest?.counters ?? {}),
         rejectedHeartbeats: this.#members?.rejectedMessages ?? 0,
+        gaterRejections: this.#gate?.rejections ?? 0,
+        ...this.#securityCounters(),
         fetchQueue: this.#holder?.queued.fetching ?? 0,
         processQueue: this.#holder?.queued.processing ?? 0
       }
     }
   }
 
+  /**
+   * Messages refused for their sender's role or state or for breaking the protocol (rejectedMessages is the
+   * sum), and peers cut off for going over a rate or size limit (rateLimited, penalties).
+   */
+  #securityCounters (): Record<string, number> {
+    const control = this.#control?.stats()
+    const blocks = this.#blockServer?.stats()
+    const parts = {
+      rejectedAssignments: this.#holder?.counters.rejectedAssignments ?? 0,
+      rejectedReports: this.#ingest?.counters.rejectedReports ?? 0,
+      rejectedAnnouncements: this.#announcements.rejected,
+      malformedControl: (control?.malformed ?? 0) + (control?.oversized ?? 0)
+    }
+    return {
+      rejectedMessages: Object.values(parts).reduce((a, b) => a + b, 0),
+      ...parts,
+      ignoredAnnouncements: this.#announcements.ignored,
+      repeatedAssignments: this.#holder?.counters.repeatedAssignments ?? 0,
+      rateLimited: (control?.rate.limited ?? 0) + (blocks?.rate.limited ?? 0),
+      penalties: (control?.rate.penalties ?? 0) + (blocks?.rate.penalties ?? 0),
+      refusedPenalised: (control?.rate.refusedPenalised ?? 0) + (blocks?.rate.refusedPenalised ?? 0),
+      refusedStreams: (control?.tooManyStreams ?? 0) + (blocks?.tooManyStreams ?? 0)
+    }
+  }
+
+  /** Re-reads the peer allowlist (SIGHUP): a bad file keeps the old list; revoked peers are disconnected. */
+  async reload (): Promise<void> {
+    if (this.#gate == null || this.#node == null) {
+      this.#log.info('reload: nothing to reload (no --allow-peers, or not started yet)')
+      return
+    }
+    const result = await this.#gate.reload()
+    if (result.ok) await applyAllowlist(this.#node, this.#gate, result.added, this.#log.child('gater'))
+  }
+
   async stop (): Promise<void> {
     this.#ready = false
+    clearInterval(this.#scrubTimer)
     await this.#inbox?.stop()
     this.#ingest?.stop()
     await this.#holder?.stop()

@@ -21,17 +21,36 @@ import { resolveLeaves } from '../protocols/unixfs.ts'
 import type { Leaf } from '../protocols/unixfs.ts'
 import { assigned, outcomeAcked, processingDone, processingFailed, processingRetry, processingStarted, receiptAcked, stored } from './core/lifecycle.ts'
 import type { HolderRecord } from './core/lifecycle.ts'
-import { ok, refuse } from './control.ts'
+import { ControlRequestError, ok, refuse } from './control.ts'
 import type { ControlChannel } from './control.ts'
 import type { Archive } from './archive.ts'
 import type { BlockClient } from './block-client.ts'
 import type { LocalBlocks } from './block-store.ts'
-import { ensureDir, fsyncDir, renameDurable } from './fsutil.ts'
+import { ensureDir, errnoCode, freeBytes, fsyncDir, renameDurable, syncHandle } from './fsutil.ts'
 import type { Logger } from './log.ts'
-import { backoffMs, runProcessingCommand } from './processor.ts'
+import { backoffMs, killOrphanedCommand, runProcessingCommand } from './processor.ts'
 import { KeyedLock } from './keyed-lock.ts'
 import { Retrier } from './retrier.ts'
+import { ThrottledLog } from './rate-limit.ts'
 import type { Store } from './store.ts'
+
+export interface HolderServiceComponents {
+  store: Store
+  control: ControlChannel
+  client: BlockClient
+  local: LocalBlocks
+  log: Logger
+  selfId: string
+  /** True if `peerId` is a live member whose heartbeat carries the ingest role (the membership view). */
+  isIngest: (peerId: string) => boolean
+}
+
+export interface HolderCounters {
+  /** Assignments refused: not from a live ingest member, not from the file's coordinator, bad CID or sources. */
+  rejectedAssignments: number
+  /** Assignments for a (file, role) already recorded at that epoch or a newer one: acknowledged, nothing changed. */
+  repeatedAssignments: number
+}
 
 export interface HolderServiceInit {
   roles: Role[]
@@ -45,12 +64,24 @@ export interface HolderServiceInit {
   execAttemptsMax?: number
   execTimeoutMs?: number
   fetchConcurrency?: number
+  /** Refuse new files, and give back files being fetched, when free space would fall below this. */
+  minFreeBytes?: number
 }
 
 export const DEFAULT_EXEC_CONCURRENCY = 2
 export const DEFAULT_EXEC_ATTEMPTS_MAX = 3
 export const DEFAULT_EXEC_TIMEOUT_MS = 3_600_000
 export const DEFAULT_FETCH_CONCURRENCY = 4
+export const DEFAULT_MIN_FREE_BYTES = 1024 * 1024 * 1024
+/** Coordinator answers that mean this node is no longer the file's holder for this epoch. */
+const SUPERSEDED_CODES = new Set(['not-holder', 'not-owner', 'unknown-file', 'stale-epoch'])
+/** How long the owner keeps trying to have the coordinator confirm its lease before running anyway. */
+const LEASE_CHECK_TIMEOUT_MS = 10_000
+const LEASE_CHECK_RETRY_MS = 500
+
+function isSuperseded (err: unknown): err is ControlRequestError {
+  return err instanceof ControlRequestError && SUPERSEDED_CODES.has(err.code ?? '')
+}
 
 export class HolderService {
   readonly #store: Store
@@ -66,10 +97,18 @@ export class HolderService {
   readonly #active = new Set<string>()
   /** Every read-modify-write of a holder record runs under its key. */
   readonly #locks = new KeyedLock()
+  /** Running processing commands by CID, so a superseded owner can stop its run at once. */
+  readonly #runsByCid = new Map<string, AbortController>()
+  #draining = false
   readonly #stop = new AbortController()
+  readonly #isIngest: (peerId: string) => boolean
+  readonly #throttled: ThrottledLog
+  readonly counters: HolderCounters = { rejectedAssignments: 0, repeatedAssignments: 0 }
 
-  constructor (components: { store: Store, control: ControlChannel, client: BlockClient, local: LocalBlocks, log: Logger, selfId: string }, init: HolderServiceInit) {
+  constructor (components: HolderServiceComponents, init: HolderServiceInit) {
     this.#store = components.store
+    this.#isIngest = components.isIngest
+    this.#throttled = new ThrottledLog(components.log)
     this.#control = components.control
     this.#client = components.client
     this.#local = components.local
@@ -96,30 +135,79 @@ export class HolderService {
     this.#runs.clear()
   }
 
-  /** A coordinator assigns us a file. Recorded durably before we say yes; a repeat is acknowledged again. */
+  /**
+   * A coordinator assigns us a file. Recorded durably before we say yes. Only a live member with the ingest
+   * role may assign, and only a file's coordinator may reassign it (a higher epoch). The record is the
+   * persistent de-duplication: a repeat (a retry, the gossip announcement, a replay long after gossipsub's
+   * seen-cache or across a restart) with an epoch not above ours changes nothing and is acknowledged again;
+   * a record past fetching never goes back to fetching.
+   */
+  /** A draining node takes no new files (a repeat of a known assignment is still acknowledged). */
+  setDraining (draining: boolean): void {
+    this.#draining = draining
+  }
+
+  /** True while nothing is being fetched or processed here. */
+  get idle (): boolean {
+    return this.#fetches.size + this.#fetches.pending + this.#runs.size + this.#runs.pending === 0
+  }
+
   async onAssign (from: string, msg: AssignMessage): Promise<ControlReply> {
+    if (this.#draining && await this.#store.getHolder(msg.cid, msg.role) == null) return refuse('draining', 'this node is draining and takes no new files')
     const needed: Role = msg.role === 'owner' ? 'process' : 'backup'
     if (!this.#init.roles.includes(needed)) return refuse('wrong-role', `this node does not have the ${needed} role`)
     if (msg.role === 'backup' && this.#init.archive == null) return refuse('wrong-role', 'this node has no archive')
+    if (!this.#isIngest(from)) return this.#reject(from, msg, 'not-coordinator', 'only a live ingest member may assign files')
     try {
-      parseCid(msg.cid)
+      if (parseCid(msg.cid).toString() !== msg.cid) return this.#reject(from, msg, 'bad-cid', 'CID not in its canonical (base32) form')
+      for (const s of msg.sources) peerIdFromString(s)
     } catch (err: any) {
-      return refuse('bad-cid', err.message)
+      return this.#reject(from, msg, err?.name === 'CidRejectedError' ? 'bad-cid' : 'bad-message', String(err?.message ?? err))
     }
+    if (await this.#store.getHolder(msg.cid, msg.role) == null) {
+      const dir = msg.role === 'backup' ? (this.#init.archive as Archive).dir : this.#init.workDir
+      const free = await freeBytes(dir)
+      const minFree = this.#init.minFreeBytes ?? DEFAULT_MIN_FREE_BYTES
+      if (free - msg.size < minFree) {
+        this.#log.warn('refusing a file: disk too full', { cid: msg.cid, role: msg.role, bytes: msg.size, free, minFree })
+        return refuse('disk-full', `${free} bytes free, ${msg.size} needed, ${minFree} kept free`)
+      }
+    }
+    let repeated = false
     const rec = await this.#locks.run(`${msg.cid}/${msg.role}`, async () => {
       const existing = await this.#store.getHolder(msg.cid, msg.role)
-      // The same assignment again (a retry, or its gossip announcement): already recorded.
-      if (existing != null && existing.epoch >= msg.epoch) return undefined
+      // The same assignment again: already recorded.
+      if (existing != null && existing.epoch >= msg.epoch) {
+        repeated = true
+        return undefined
+      }
+      if (existing != null && existing.coordinator !== from) return 'not-coordinator' as const
+      if (existing != null && existing.state !== 'fetching') {
+        // Reassigned to us under a newer epoch while we already hold the file: keep the copy and its state,
+        // adopt the epoch, and report again (receipt, and the outcome if there is one) under it.
+        const next: HolderRecord = { ...existing, epoch: msg.epoch, receiptAcked: false, outcomeAcked: existing.state === 'processed' || existing.state === 'failed' ? false : existing.outcomeAcked }
+        await this.#store.commit([this.#store.putHolder(next)])
+        return next
+      }
       const sources = [...new Set([from, ...msg.sources])]
       const next = assigned({ cid: msg.cid, name: msg.name, size: msg.size, role: msg.role, epoch: msg.epoch, coordinator: from, sources, now: new Date().toISOString() })
       await this.#store.commit([this.#store.putHolder(next)])
       return next
     })
+    if (rec === 'not-coordinator') return this.#reject(from, msg, 'not-coordinator', 'only the file\'s coordinator may reassign it')
+    if (repeated) this.counters.repeatedAssignments++
     if (rec != null) {
-      this.#log.info('assigned', { cid: msg.cid, role: msg.role, peer: from, bytes: msg.size })
+      this.#log.info('assigned', { cid: msg.cid, role: msg.role, peer: from, bytes: msg.size, epoch: msg.epoch, state: rec.state })
       this.#schedule(rec)
     }
     return ok()
+  }
+
+  /** Counts and logs (throttled per peer) an assignment refused for its sender or content. */
+  #reject (from: string, msg: AssignMessage, code: string, why: string): ControlReply {
+    this.counters.rejectedAssignments++
+    this.#throttled.warn(from, 'assignment refused', { cid: msg.cid.slice(0, 128), role: msg.role, code, err: why })
+    return refuse(code, why)
   }
 
   /** Puts a record on the right queue for its state. */
@@ -176,6 +264,22 @@ export class HolderService {
       } catch (err) {
         if (signal.aborted) return
         await fs.rm(partPath, { force: true }).catch(() => {})
+        if (errnoCode(err) === 'ENOSPC' || errnoCode(err) === 'EDQUOT') {
+          // Disk full: no receipt, the partial copy is gone; give the file back so the next candidate takes it.
+          await this.#decline(rec, 'disk full')
+          return
+        }
+        // Every source failed more than once: maybe the file went to another holder while we were away.
+        if (attempt >= 2) {
+          try {
+            await this.#control.request(rec.coordinator, { type: 'lease', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch }, { signal })
+          } catch (leaseErr) {
+            if (isSuperseded(leaseErr)) {
+              await this.#superseded(rec.cid, rec.role, leaseErr.message)
+              return
+            }
+          }
+        }
         const delayMs = backoffMs(attempt, { baseMs: 500, maxMs: 30_000 })
         this.#log.warn('fetch failed: will retry', { cid: rec.cid, role: rec.role, attempt, retryInMs: delayMs, err })
         await sleep(delayMs, signal)
@@ -214,7 +318,7 @@ export class HolderService {
         if (sources.length === 0) throw new Error('blocks missing locally and no other source')
         await this.#client.fetchLeavesToFile({ leaves: remote, sources, fileHandle: fh, signal })
       }
-      await fh.sync()
+      await syncHandle(fh, partPath) // an fsync error is fatal: the daemon exits rather than trust a retry
     } finally {
       await fh.close()
     }
@@ -233,7 +337,13 @@ export class HolderService {
 
   #sendReceipt (rec: HolderRecord): void {
     this.#retrier.run(`receipt:${rec.cid}:${rec.role}`, async (signal) => {
-      await this.#control.request(rec.coordinator, { type: 'receipt', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch }, { signal })
+      try {
+        await this.#control.request(rec.coordinator, { type: 'receipt', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch }, { signal })
+      } catch (err) {
+        if (!isSuperseded(err)) throw err
+        await this.#superseded(rec.cid, rec.role, err.message)
+        return
+      }
       await this.#update(rec.cid, rec.role, (r) => r.receiptAcked ? undefined : receiptAcked(r))
       this.#log.debug('receipt acknowledged', { cid: rec.cid, role: rec.role, peer: rec.coordinator })
     })
@@ -244,7 +354,13 @@ export class HolderService {
       const current = await this.#store.getHolder(rec.cid, 'owner')
       if (current == null || (current.state !== 'processed' && current.state !== 'failed') || current.outcomeAcked) return
       const msg = { type: 'progress' as const, v: 1 as const, cid: rec.cid, epoch: current.epoch, state: current.state, attempt: current.attempt, ...(current.lastError != null ? { error: current.lastError.slice(0, 2000) } : {}) }
-      await this.#control.request(current.coordinator, msg, { signal })
+      try {
+        await this.#control.request(current.coordinator, msg, { signal })
+      } catch (err) {
+        if (!isSuperseded(err)) throw err
+        // Another owner holds the current epoch: our run was a duplicate, already counted by the coordinator.
+        this.#log.warn('outcome refused: another owner has the current epoch', { cid: rec.cid, peer: current.coordinator, epoch: current.epoch, err: err.message })
+      }
       await this.#update(rec.cid, 'owner', (r) => r.outcomeAcked ? undefined : outcomeAcked(r))
     })
   }
@@ -277,11 +393,23 @@ export class HolderService {
     while (!signal.aborted) {
       const rec = await this.#update(cid, 'owner', (r) => r.state === 'stored' || r.state === 'processing' ? processingStarted(r) : undefined)
       if (rec == null || rec.state !== 'processing' || rec.path == null) return
-      this.#control.request(rec.coordinator, { type: 'progress', v: 1, cid, epoch: rec.epoch, state: 'processing', attempt: rec.attempt }, { signal }).catch(() => {})
+      const lease = await this.#checkLease(rec, signal)
+      if (lease === 'superseded' || signal.aborted) return
+      const run = new AbortController()
+      this.#runsByCid.set(cid, run)
+      const runSignal = AbortSignal.any([signal, run.signal])
       const result = this.#init.exec == null
         ? { outcome: 'ok' as const, exitCode: 0, signal: null, durationMs: 0 }
-        : await runProcessingCommand({ command: this.#init.exec, path: rec.path, cid, name: rec.name, size: rec.size, epoch: rec.epoch, attempt: rec.attempt }, { timeoutMs: this.#init.execTimeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS, signal, log: this.#log.child('exec', { cid }) })
-      if (signal.aborted) return
+        : await runProcessingCommand({ command: this.#init.exec, path: rec.path, cid, name: rec.name, size: rec.size, epoch: rec.epoch, attempt: rec.attempt }, {
+          timeoutMs: this.#init.execTimeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS,
+          signal: runSignal,
+          log: this.#log.child('exec', { cid }),
+          // Remember the command's process group: if this daemon is killed, the next start kills the orphan.
+          onSpawn: (pid) => { fs.writeFile(this.#pidFile(cid), `${pid}\n`).catch(() => {}) }
+        })
+      await fs.rm(this.#pidFile(cid), { force: true })
+      this.#runsByCid.delete(cid)
+      if (runSignal.aborted) return
       if (result.outcome === 'ok') {
         const done = await this.#update(cid, 'owner', (r) => processingDone(r, new Date().toISOString()))
         this.#log.info('processed', { cid, attempt: rec.attempt, ms: result.durationMs })
@@ -304,15 +432,95 @@ export class HolderService {
     }
   }
 
+  /**
+   * The coordinator gave this file to another holder (we were gone too long, or refused): an owner drops its
+   * record and working copy; a backup keeps its archive copy (a valid, verified copy) and stops reporting.
+   */
+  async #superseded (cid: string, role: HolderRole, why: string): Promise<void> {
+    this.#log.warn('superseded: another holder has this file now', { cid, role, err: why })
+    if (role === 'owner') this.#runsByCid.get(cid)?.abort()
+    if (role === 'backup') {
+      const current = await this.#store.getHolder(cid, role)
+      if (current != null && current.state !== 'fetching') {
+        await this.#update(cid, role, (r) => r.state !== 'fetching' && !r.receiptAcked ? receiptAcked(r) : undefined)
+        return
+      }
+    }
+    const rec = await this.#locks.run(`${cid}/${role}`, async () => {
+      const current = await this.#store.getHolder(cid, role)
+      if (current != null) await this.#store.commit([this.#store.delHolder(cid, role), ...await this.#store.dropBlockIndexOps(cid, role)])
+      return current
+    })
+    if (rec?.path != null) {
+      await fs.rm(rec.path, { force: true })
+      await fsyncDir(path.dirname(rec.path))
+    }
+  }
+
+  /** Gives the file back to its coordinator (until it acknowledges), then forgets it. */
+  async #decline (rec: HolderRecord, reason: string): Promise<void> {
+    this.#log.warn('giving the file back to its coordinator', { cid: rec.cid, role: rec.role, reason })
+    this.#retrier.run(`decline:${rec.cid}:${rec.role}`, async (signal) => {
+      try {
+        await this.#control.request(rec.coordinator, { type: 'decline', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch, reason }, { signal })
+      } catch (err) {
+        if (!isSuperseded(err)) throw err
+      }
+      await this.#locks.run(`${rec.cid}/${rec.role}`, async () => {
+        const current = await this.#store.getHolder(rec.cid, rec.role)
+        if (current?.state === 'fetching') await this.#store.commit([this.#store.delHolder(rec.cid, rec.role)])
+      })
+    })
+  }
+
   async #removeWorkingCopy (cid: string, workPath: string): Promise<void> {
     await this.#store.commit(await this.#store.dropBlockIndexOps(cid, 'owner'))
     await fs.rm(workPath, { force: true })
     await fsyncDir(path.dirname(workPath))
   }
 
-  /** Re-drives every record after a start. */
+  /**
+   * Lease check before a run: the coordinator confirms this epoch is current. If it says another owner took
+   * over, the file is given up. If it cannot be reached (it may be down, or we just started and know no
+   * address for it yet), keep asking for a while, then run anyway: a late completion of an old epoch is
+   * fenced off and counted by the coordinator.
+   */
+  async #checkLease (rec: HolderRecord, signal: AbortSignal): Promise<'confirmed' | 'unconfirmed' | 'superseded'> {
+    const deadline = performance.now() + LEASE_CHECK_TIMEOUT_MS
+    let lastErr: unknown
+    while (!signal.aborted && performance.now() < deadline) {
+      try {
+        await this.#control.request(rec.coordinator, { type: 'progress', v: 1, cid: rec.cid, epoch: rec.epoch, state: 'processing', attempt: rec.attempt }, { signal: AbortSignal.any([signal, AbortSignal.timeout(Math.max(1, Math.ceil(deadline - performance.now())))]) })
+        return 'confirmed'
+      } catch (err) {
+        if (isSuperseded(err)) {
+          await this.#superseded(rec.cid, 'owner', err.message)
+          return 'superseded'
+        }
+        lastErr = err
+        await sleep(LEASE_CHECK_RETRY_MS, signal)
+      }
+    }
+    if (!signal.aborted) this.#log.warn('coordinator unreachable for the lease check: processing anyway', { cid: rec.cid, peer: rec.coordinator, err: lastErr })
+    return 'unconfirmed'
+  }
+
+  #pidFile (cid: string): string {
+    return path.join(this.#init.workDir, '.incoming', `${cid}.pid`)
+  }
+
+  /** Re-drives every record after a start; first kills processing commands orphaned by a crash of this daemon. */
   async reconcile (): Promise<void> {
-    for await (const rec of this.#store.holderRecords()) this.#schedule(rec)
+    for await (const rec of this.#store.holderRecords()) {
+      if (rec.role === 'owner' && rec.state === 'processing') {
+        const pid = Number.parseInt(await fs.readFile(this.#pidFile(rec.cid), 'utf8').catch(() => ''), 10)
+        if (Number.isSafeInteger(pid) && pid > 1 && await killOrphanedCommand(pid, rec.cid)) {
+          this.#log.warn('killed a processing command left running by a crash; it will run again', { cid: rec.cid, pid })
+        }
+        await fs.rm(this.#pidFile(rec.cid), { force: true })
+      }
+      this.#schedule(rec)
+    }
   }
 }
 

@@ -18,11 +18,12 @@ import { randomBytes } from 'node:crypto'
 import { FILES_TOPIC } from '../protocols/ids.ts'
 import { GOSSIP_MESSAGE_BYTES_MAX } from '../protocols/limits.ts'
 import { encodeMessage } from '../protocols/messages.ts'
-import type { AnnounceMessage, ControlReply, HolderRole, ProgressMessage, ReceiptMessage } from '../protocols/messages.ts'
-import { canRelease, placed, progressFrom, receiptFrom, received, released } from './core/lifecycle.ts'
+import type { AnnounceMessage, ControlReply, DeclineMessage, HolderRole, LeaseMessage, ProgressMessage, ReceiptMessage } from '../protocols/messages.ts'
+import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, backupWatched, inPlay, ownerWatched, successor } from './core/coordinator.ts'
+import { backupReassigned, canRelease, ownerReassigned, placed, progressFrom, receiptFrom, received, released } from './core/lifecycle.ts'
 import type { IngestRecord, Readiness } from './core/lifecycle.ts'
 import { place } from './core/placement.ts'
-import { ok, refuse } from './control.ts'
+import { ControlRequestError, ok, refuse } from './control.ts'
 import type { ControlChannel } from './control.ts'
 import { fsyncDir, renameDurable } from './fsutil.ts'
 import { hashFile } from './hasher.ts'
@@ -35,7 +36,15 @@ import { Retrier } from './retrier.ts'
 
 export interface IngestServiceInit {
   spoolDir: string
+  /** An owner or backup absent this long is replaced by the next member in rendezvous order. */
+  reassignGraceMs?: number
+  /** How often placed files are checked for absent holders. */
+  holderCheckIntervalMs?: number
 }
+
+export const DEFAULT_HOLDER_CHECK_INTERVAL_MS = 1_000
+/** Assignment refusals that mean "not this node": the file goes to the next candidate. */
+const FINAL_REFUSALS = new Set(['wrong-role', 'disk-full', 'draining'])
 
 export interface ReadyFile {
   path: string
@@ -50,6 +59,8 @@ export interface IngestCounters {
   givenBack: number
   released: number
   rejectedReports: number
+  ownerReassignments: number
+  backupReassignments: number
 }
 
 export class IngestService {
@@ -63,7 +74,15 @@ export class IngestService {
   /** Serialises changes to one file's record (receipts from owner and backup may arrive together). */
   readonly #locks = new KeyedLock()
   readonly #unplaced = new Set<string>()
-  readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0 }
+  /** Placed files whose owner or backup still matters: checked for absence every holderCheckIntervalMs. */
+  readonly #watched = new Set<string>()
+  readonly #absence: AbsenceTracker
+  /** Peers that refused a file or were replaced for it: never chosen for it again by this run. */
+  readonly #excluded = new Map<string, Set<string>>()
+  readonly #checkIntervalMs: number
+  #checkTimer: NodeJS.Timeout | undefined
+  #checking = false
+  readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0, ownerReassignments: 0, backupReassignments: 0 }
 
   constructor (components: { store: Store, node: MeshNode, members: MembershipService, control: ControlChannel, log: Logger }, init: IngestServiceInit) {
     this.#store = components.store
@@ -73,7 +92,17 @@ export class IngestService {
     this.#log = components.log
     this.#spoolDir = init.spoolDir
     this.#retrier = new Retrier(this.#log)
+    this.#absence = new AbsenceTracker(init.reassignGraceMs ?? DEFAULT_REASSIGN_GRACE_MS)
+    this.#checkIntervalMs = init.holderCheckIntervalMs ?? DEFAULT_HOLDER_CHECK_INTERVAL_MS
     this.#members.onChange(() => { this.#placeWaiting() })
+  }
+
+  start (): void {
+    this.#checkTimer = setInterval(() => {
+      if (this.#checking) return
+      this.#checking = true
+      this.#checkHolders().catch((err) => { this.#log.error('holder check failed', { err }) }).finally(() => { this.#checking = false })
+    }, this.#checkIntervalMs)
   }
 
   get self (): string {
@@ -81,6 +110,7 @@ export class IngestService {
   }
 
   stop (): void {
+    clearInterval(this.#checkTimer)
     this.#retrier.stop()
   }
 
@@ -157,6 +187,7 @@ export class IngestService {
       const next = placed(current, owner, backup, new Date().toISOString())
       await this.#store.commit([this.#store.putIngest(next)])
       this.#log.info('file placed', { cid, owner, backup, epoch: next.epoch })
+      this.#watched.add(cid)
       return next
     })
     if (rec?.phase === 'placed') this.#drive(rec)
@@ -168,20 +199,103 @@ export class IngestService {
 
   /** Sends what a placed record still needs: assignments to holders without receipts, the announcement, release. */
   #drive (rec: IngestRecord): void {
-    if (rec.phase !== 'placed' || rec.owner == null || rec.backup == null) return
-    const announce: AnnounceMessage = { type: 'announce', v: 1, cid: rec.cid, name: rec.name, size: rec.size, owner: rec.owner, backup: rec.backup, epoch: rec.epoch }
-    this.#node.services.pubsub.publish(FILES_TOPIC, encodeMessage(announce, GOSSIP_MESSAGE_BYTES_MAX)).catch((err) => { this.#log.debug('announce failed', { cid: rec.cid, err }) })
+    if (rec.phase === 'received' || rec.owner == null || rec.backup == null) return
+    if (rec.phase === 'placed') {
+      const announce: AnnounceMessage = { type: 'announce', v: 1, cid: rec.cid, name: rec.name, size: rec.size, owner: rec.owner, backup: rec.backup, epoch: rec.epoch }
+      this.#node.services.pubsub.publish(FILES_TOPIC, encodeMessage(announce, GOSSIP_MESSAGE_BYTES_MAX)).catch((err) => { this.#log.debug('announce failed', { cid: rec.cid, err }) })
+    }
     for (const role of ['owner', 'backup'] as const) {
       if ((role === 'owner' ? rec.ownerStoredAt : rec.backupStoredAt) != null) continue
+      if (role === 'owner' && !ownerWatched(rec)) continue
       const peer = role === 'owner' ? rec.owner : rec.backup
-      this.#retrier.run(`assign:${rec.cid}:${role}`, async (signal) => {
+      this.#retrier.run(assignKey(rec.cid, role, peer), async (signal) => {
         const current = await this.#store.getIngest(rec.cid)
-        if (current == null || current.phase !== 'placed' || current.epoch !== rec.epoch) return
-        await this.#control.request(peer, { type: 'assign', v: 1, cid: rec.cid, name: rec.name, size: rec.size, role, epoch: rec.epoch, sources: [this.self] }, { signal })
+        if (current == null || current.phase === 'received' || (role === 'owner' ? current.owner : current.backup) !== peer) return
+        if ((role === 'owner' ? current.ownerStoredAt : current.backupStoredAt) != null) return
+        try {
+          await this.#control.request(peer, { type: 'assign', v: 1, cid: rec.cid, name: rec.name, size: rec.size, role, epoch: current.epoch, sources: this.#sourcesOf(current, role) }, { signal })
+        } catch (err) {
+          if (!(err instanceof ControlRequestError) || !FINAL_REFUSALS.has(err.code ?? '')) throw err
+          this.#log.warn('holder refused the file: choosing the next candidate', { cid: rec.cid, peer, role, code: err.code })
+          await this.#reassign(rec.cid, role, peer, `refused: ${err.code ?? ''}`)
+          return
+        }
         this.#log.debug('holder accepted the assignment', { cid: rec.cid, peer, role })
       })
     }
     if (canRelease(rec)) this.#release(rec.cid)
+  }
+
+  /** Who can give a holder the file's blocks now: this node while it has the spool copy, and holders with receipts. */
+  #sourcesOf (rec: IngestRecord, role: HolderRole): string[] {
+    const sources: string[] = []
+    if (rec.phase === 'placed') sources.push(this.self)
+    if (role === 'owner' && rec.backupStoredAt != null && rec.backup != null) sources.push(rec.backup)
+    if (role === 'backup' && rec.ownerStoredAt != null && rec.owner != null) sources.push(rec.owner)
+    return sources.length > 0 ? sources : [this.self]
+  }
+
+  /** Checks every watched file's owner and backup; replaces those absent (or draining) past the grace period. */
+  async #checkHolders (): Promise<void> {
+    const view = this.#members.view
+    const now = performance.now()
+    for (const cid of [...this.#watched]) {
+      const rec = await this.#store.getIngest(cid)
+      if (rec == null || !inPlay(rec)) {
+        this.#watched.delete(cid)
+        this.#absence.forget(`${cid}/owner`)
+        this.#absence.forget(`${cid}/backup`)
+        this.#excluded.delete(cid)
+        continue
+      }
+      for (const role of ['owner', 'backup'] as const) {
+        const peer = role === 'owner' ? rec.owner : rec.backup
+        const watched = role === 'owner' ? ownerWatched(rec) : backupWatched(rec)
+        if (peer == null || !watched) {
+          this.#absence.forget(`${cid}/${role}`)
+          continue
+        }
+        const member = view.get(peer)
+        // A draining holder gives up work it has not started: an owner before processing, a backup before its receipt.
+        const handsOff = member?.draining === true && view.isLive(peer) && (role === 'backup' || rec.processing === 'pending')
+        if (handsOff || this.#absence.observe(`${cid}/${role}`, view.isLive(peer), now)) {
+          await this.#reassign(cid, role, peer, handsOff ? 'draining' : 'absent')
+        }
+      }
+    }
+  }
+
+  /** Replaces `from` as the file's `role` holder with the next member in rendezvous order (owner: epoch + 1). */
+  async #reassign (cid: string, role: HolderRole, from: string, reason: string): Promise<void> {
+    const next = await this.#withLock(cid, async () => {
+      const rec = await this.#store.getIngest(cid)
+      if (rec == null || (role === 'owner' ? rec.owner : rec.backup) !== from) return undefined
+      if (role === 'owner' ? !ownerWatched(rec) : !backupWatched(rec)) return undefined
+      const excluded = this.#excluded.get(cid) ?? new Set<string>()
+      excluded.add(from)
+      this.#excluded.set(cid, excluded)
+      const view = this.#members.view
+      let to: string | undefined
+      if (role === 'owner') {
+        to = successor(cid, view.candidates('process'), excluded)
+      } else {
+        const notOwner = new Set([...excluded, ...(rec.owner != null ? [rec.owner] : [])])
+        to = successor(cid, view.candidates('backup'), notOwner) ?? successor(cid, view.candidates('backup'), excluded)
+      }
+      if (to == null) {
+        this.#log.warn(`no other ${role} to take over: the file waits`, { cid, peer: from, reason })
+        excluded.delete(from)
+        return undefined
+      }
+      const updated = role === 'owner' ? ownerReassigned(rec, to, new Date().toISOString()) : backupReassigned(rec, to)
+      await this.#store.commit([this.#store.putIngest(updated)])
+      this.#absence.forget(`${cid}/${role}`)
+      if (role === 'owner') this.counters.ownerReassignments++
+      else this.counters.backupReassignments++
+      this.#log.warn(`${role} reassigned`, { cid, from, to, epoch: updated.epoch, reason })
+      return updated
+    })
+    if (next != null) this.#drive(next)
   }
 
   /** A holder's receipt: record it durably, then release the spool copy once both are in. */
@@ -198,11 +312,30 @@ export class IngestService {
       if (verdict === 'recorded') {
         await this.#store.commit([this.#store.putIngest(next)])
         this.#log.info('receipt recorded', { cid: msg.cid, peer: from, role: msg.role })
-        this.#retrier.cancel(`assign:${msg.cid}:${msg.role}`)
+        this.#retrier.cancel(assignKey(msg.cid, msg.role, from))
       }
       if (canRelease(next)) queueMicrotask(() => { this.#release(next.cid) })
       return ok()
     })
+  }
+
+  /** A holder gives a file back (disk full): the next candidate in rendezvous order gets it. */
+  async onDecline (from: string, msg: DeclineMessage): Promise<ControlReply> {
+    const rec = await this.#store.getIngest(msg.cid)
+    if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+    if ((msg.role === 'owner' ? rec.owner : rec.backup) !== from) return refuse('not-holder', `the file's ${msg.role} is another node now`)
+    this.#log.warn('holder declined the file: choosing the next candidate', { cid: msg.cid, peer: from, role: msg.role, reason: msg.reason })
+    await this.#reassign(msg.cid, msg.role, from, `declined: ${msg.reason}`)
+    return ok()
+  }
+
+  /** A holder asks whether it still holds the file: yes only for the current holder (and, for the owner, epoch). */
+  async onLease (from: string, msg: LeaseMessage): Promise<ControlReply> {
+    const rec = await this.#store.getIngest(msg.cid)
+    if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+    if ((msg.role === 'owner' ? rec.owner : rec.backup) !== from) return refuse('not-holder', `the file's ${msg.role} is another node now`)
+    if (msg.role === 'owner' && msg.epoch !== rec.epoch) return refuse('stale-epoch', `epoch ${msg.epoch} is over; the file's epoch is ${rec.epoch}`)
+    return ok()
   }
 
   /** The owner's processing report: recorded only from the owner of the current epoch. */
@@ -217,8 +350,11 @@ export class IngestService {
         return refuse('not-owner', 'you are not this file\'s owner')
       }
       if (next !== rec) await this.#store.commit([this.#store.putIngest(next)])
-      if (verdict === 'stale-epoch') this.#log.warn('completion from an old epoch: counted as a duplicate', { cid: msg.cid, peer: from, epoch: msg.epoch, current: rec.epoch })
-      else if (verdict === 'recorded') this.#log.info(`file ${msg.state}`, { cid: msg.cid, peer: from, attempt: msg.attempt, err: msg.error })
+      if (verdict === 'stale-epoch') {
+        if (msg.state === 'processed') this.#log.warn('completion from an old epoch: counted as a duplicate', { cid: msg.cid, peer: from, epoch: msg.epoch, current: rec.epoch })
+        return refuse('stale-epoch', `epoch ${msg.epoch} is over; the file's epoch is ${rec.epoch}`)
+      }
+      if (verdict === 'recorded') this.#log.info(`file ${msg.state}`, { cid: msg.cid, peer: from, attempt: msg.attempt, err: msg.error })
       return ok()
     })
   }
@@ -256,9 +392,14 @@ export class IngestService {
     }
     for await (const rec of this.#store.ingestRecords()) {
       if (rec.phase === 'received') await this.#tryPlace(rec.cid)
-      else if (rec.phase === 'placed') this.#drive(rec)
+      else this.#drive(rec)
+      if (inPlay(rec)) this.#watched.add(rec.cid)
     }
   }
+}
+
+function assignKey (cid: string, role: HolderRole, peer: string): string {
+  return `assign:${cid}:${role}:${peer}`
 }
 
 async function exists (p: string): Promise<boolean> {

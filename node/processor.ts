@@ -12,6 +12,7 @@
 
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
+import fs from 'node:fs/promises'
 import * as path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { KiB } from '../protocols/limits.ts'
@@ -65,6 +66,8 @@ export interface RunProcessingInit {
   outputDrainMs?: number
   outputLineBytesMax?: number
   outputLinesMax?: number
+  /** Called with the command's pid (= its process group ID) right after it started, e.g. to persist it. */
+  onSpawn?: (pid: number) => void
 }
 
 /** Runs the processing command for `job` to completion; never rejects. */
@@ -103,6 +106,9 @@ export async function runProcessingCommand (job: ProcessingJob, options: RunProc
     return { outcome: 'failed', exitCode: null, signal: null, durationMs: elapsed(), error: errorText(err) }
   }
 
+  if (child.pid != null && options.onSpawn != null) {
+    try { options.onSpawn(child.pid) } catch (err) { log.warn('onSpawn hook failed', { ...fields, err }) }
+  }
   const output = new OutputLogger(log, job.cid, options.outputLineBytesMax ?? DEFAULT_OUTPUT_LINE_BYTES_MAX, options.outputLinesMax ?? DEFAULT_OUTPUT_LINES_MAX)
   const stdoutDone = output.attach(child.stdout, 'stdout')
   const stderrDone = output.attach(child.stderr, 'stderr')
@@ -300,4 +306,26 @@ export function backoffMs (attempt: number, init: BackoffInit = {}): number {
   const r = random()
   if (!(r >= 0 && r < 1)) throw new RangeError(`backoffMs: random() must return a number in [0, 1), got ${r}`)
   return Math.floor(capMs / 2 + r * capMs / 2)
+}
+
+/**
+ * Kills the process group `pgid` if it is still a processing command for `cid` (checked through
+ * /proc/PID/environ, so a reused PID of an unrelated process is never signalled). Used on restart: a daemon
+ * killed with SIGKILL leaves its commands running in their own groups; they must not finish a second run
+ * alongside the new attempt. Returns true if a group was killed.
+ */
+export async function killOrphanedCommand (pgid: number, cid: string): Promise<boolean> {
+  let environ: string
+  try {
+    environ = await fs.readFile(`/proc/${pgid}/environ`, 'latin1')
+  } catch {
+    return false
+  }
+  if (!environ.split('\0').includes(`FILEMESH_CID=${cid}`)) return false
+  try {
+    process.kill(-pgid, 'SIGKILL')
+    return true
+  } catch {
+    return false
+  }
 }

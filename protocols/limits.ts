@@ -44,3 +44,25 @@ export const FILE_LEAVES_MAX = Math.ceil(FILE_BYTES_MAX / BLOCK_BYTES)
 export const BLOCK_REQUEST_BYTES_MAX = 128
 /** Unread request bytes a block server buffers per stream before it resets the stream (a client keeps ≤ 8 outstanding). */
 export const BLOCK_REQUEST_BUFFER_BYTES_MAX = 64 * KiB
+/** Block requests (frames) one peer may send per second, summed over its streams; over it the peer is penalised. */
+export const BLOCK_REQUESTS_PER_PEER_PER_SEC = 5_000
+/** Block requests one peer may send at once above its rate (a fetcher starting many small files). */
+export const BLOCK_REQUESTS_PER_PEER_BURST = 10_000
+/** Block requests of one peer being answered at once (blocks held in memory for it), over all its streams. */
+export const BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX = 64
+/** Block requests being answered at once, all peers together (~1 MiB of memory each). */
+export const BLOCK_REQUESTS_OUTSTANDING_MAX = 256
+/** Open inbound block streams per peer, over all its connections. */
+export const BLOCK_STREAMS_PER_PEER_MAX = 64
+/** Control requests (one per stream) one peer may send per second; senders pace themselves to 90% of it. */
+export const CONTROL_REQUESTS_PER_PEER_PER_SEC = 500
+/** Control requests one peer may send at once above its rate. */
+export const CONTROL_REQUESTS_PER_PEER_BURST = 1_000
+/** Open inbound control streams per peer, over all its connections. */
+export const CONTROL_STREAMS_PER_PEER_MAX = 32
+/** Control requests this node keeps in flight to one peer (a restart re-sends many at once). */
+export const CONTROL_REQUESTS_OUTBOUND_PER_PEER_MAX = 16
+/** How long a peer that went over a limit has every new block or control stream refused. */
+export const PEER_PENALTY_MS = 10_000
+/** Peers tracked by each rate limiter (bounded memory; idle peers are forgotten first). */
+export const RATE_LIMITED_PEERS_MAX = 10_000

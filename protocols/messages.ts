@@ -74,7 +74,26 @@ export interface ProgressMessage {
   error?: string
 }
 
-export type ControlRequest = AssignMessage | ReceiptMessage | ProgressMessage
+/** Holder -> coordinator: am I still this file's `role` holder for `epoch`? (ok, or refused: not-holder / stale-epoch) */
+export interface LeaseMessage {
+  type: 'lease'
+  v: 1
+  cid: string
+  role: HolderRole
+  epoch: number
+}
+
+/** Holder -> coordinator: I cannot hold this file (e.g. my disk is full); give it to the next candidate. */
+export interface DeclineMessage {
+  type: 'decline'
+  v: 1
+  cid: string
+  role: HolderRole
+  epoch: number
+  reason: string
+}
+
+export type ControlRequest = AssignMessage | ReceiptMessage | ProgressMessage | LeaseMessage | DeclineMessage
 export type GossipMessage = HeartbeatMessage | AnnounceMessage
 
 export interface ControlReply {
@@ -167,6 +186,10 @@ export function decodeControlRequest (bytes: Uint8Array): ControlRequest {
       return { type: 'assign', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), role: holderRole(obj), sources: strList(obj, 'sources', 16) }
     case 'receipt':
       return { type: 'receipt', v: 1, cid, epoch, role: holderRole(obj) }
+    case 'lease':
+      return { type: 'lease', v: 1, cid, epoch, role: holderRole(obj) }
+    case 'decline':
+      return { type: 'decline', v: 1, cid, epoch, role: holderRole(obj), reason: str(obj, 'reason', 256) }
     case 'progress': {
       const state = obj.state
       if (state !== 'processing' && state !== 'processed' && state !== 'failed') throw new MessageError('state: expected processing, processed or failed')

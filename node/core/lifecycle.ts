@@ -40,6 +40,9 @@ export interface IngestRecord {
   processedAt?: string
   /** Completions reported for an epoch that is not the current one: duplicates, never the result. */
   staleCompletions?: number
+  /** Owners and backups replaced because they were gone too long or refused the file. */
+  ownerReassignments?: number
+  backupReassignments?: number
   releasedAt?: string
 }
 
@@ -125,6 +128,27 @@ export function released (rec: IngestRecord, now: string): IngestRecord {
   expectPhase(rec, 'release', 'placed')
   if (!canRelease(rec)) throw new Error(`release ${rec.cid}: receipts missing (owner ${rec.ownerStoredAt ?? 'none'}, backup ${rec.backupStoredAt ?? 'none'})`)
   return { ...rec, phase: 'released', releasedAt: now }
+}
+
+/**
+ * placed | released -> same phase, epoch + 1: the owner is gone (or refused), the next processor in rendezvous
+ * order takes over. Only while the file is not processed; a completion from the old epoch is then a duplicate.
+ */
+export function ownerReassigned (rec: IngestRecord, owner: string, now: string): IngestRecord {
+  expectPhase(rec, 'reassign owner', 'placed', 'released')
+  if (rec.processing === 'processed') throw new WrongStateError(`reassign owner ${rec.cid}`, ['pending', 'processing', 'failed'], rec.processing)
+  const next: IngestRecord = { ...rec, owner, epoch: rec.epoch + 1, processing: 'pending', ownerReassignments: (rec.ownerReassignments ?? 0) + 1, placedAt: now }
+  delete next.ownerStoredAt
+  delete next.processingAttempt
+  delete next.processingError
+  return next
+}
+
+/** placed -> placed: the backup is gone (or refused) before its receipt; the next backup member takes over. */
+export function backupReassigned (rec: IngestRecord, backup: string): IngestRecord {
+  expectPhase(rec, 'reassign backup', 'placed')
+  if (rec.backupStoredAt != null) throw new WrongStateError(`reassign backup ${rec.cid}`, ['no backup receipt'], 'backup receipt recorded')
+  return { ...rec, backup, backupReassignments: (rec.backupReassignments ?? 0) + 1 }
 }
 
 export type ProgressVerdict = 'recorded' | 'duplicate' | 'stale-epoch' | 'not-owner' | 'ignored'

@@ -1,0 +1,67 @@
+/**
+ * The coordinator's decisions about a placed file, as pure functions over its record, the live membership
+ * and an injected clock: is the file still in play, has its owner or backup been gone past the grace
+ * period, and who takes over (the next member in rendezvous order, never one that refused or failed it).
+ * In-flight work never moves because a member joined: only absence past the grace period, or a refusal,
+ * moves a file; the epoch bump that goes with an owner change fences off a late completion from the old one.
+ */
+import type { IngestRecord } from './lifecycle.ts'
+import { rank } from './placement.ts'
+import type { Candidate } from './placement.ts'
+
+export const DEFAULT_REASSIGN_GRACE_MS = 15_000
+
+/** The coordinator keeps watching a file until it is processed (or failed for good) and its ingest copy is released. */
+export function inPlay (rec: IngestRecord): boolean {
+  if (rec.phase === 'received') return false
+  return rec.phase !== 'released' || ownerWatched(rec)
+}
+
+/** The owner matters until processing finished one way or the other. */
+export function ownerWatched (rec: IngestRecord): boolean {
+  return rec.processing === 'pending' || rec.processing === 'processing'
+}
+
+/** The backup matters until its receipt is recorded. */
+export function backupWatched (rec: IngestRecord): boolean {
+  return rec.phase === 'placed' && rec.backupStoredAt == null
+}
+
+/** The next member in rendezvous order for `cid`, skipping `exclude`; undefined if none is left. */
+export function successor (cid: string, candidates: readonly Candidate[], exclude: ReadonlySet<string>): string | undefined {
+  return rank(candidates.filter((c) => !exclude.has(c.id)), cid)[0]?.id
+}
+
+/**
+ * Tracks since when each watched holder has been absent. `observe` returns true once a holder has been
+ * continuously absent for at least `graceMs`.
+ */
+export class AbsenceTracker {
+  readonly #since = new Map<string, number>()
+  readonly #graceMs: number
+
+  constructor (graceMs: number = DEFAULT_REASSIGN_GRACE_MS) {
+    this.#graceMs = graceMs
+  }
+
+  observe (key: string, live: boolean, nowMs: number): boolean {
+    if (live) {
+      this.#since.delete(key)
+      return false
+    }
+    const since = this.#since.get(key)
+    if (since == null) {
+      this.#since.set(key, nowMs)
+      return false
+    }
+    return nowMs - since >= this.#graceMs
+  }
+
+  forget (key: string): void {
+    this.#since.delete(key)
+  }
+
+  get size (): number {
+    return this.#since.size
+  }
+}
