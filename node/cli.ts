@@ -15,11 +15,14 @@ import type { NodeInfo } from './daemon.ts'
 import { addFiles } from './add.ts'
 import { configureLogging, isLogLevel } from './log.ts'
 import type { NodeStatus } from './status.ts'
+import type { DrainReport } from './drain.ts'
+import type { ScrubReport } from './scrub.ts'
 import { formatStatus } from './status-format.ts'
 import { SecurityConfigError, generateSwarmKey, loadApiToken, parseApiToken, writeSwarmKeyFile } from './security.ts'
 
 export const EXIT_USAGE = 2
 export const EXIT_UNAVAILABLE = 69
+export const EXIT_TEMPFAIL = 75
 export const EXIT_CONFIG = 78
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
@@ -59,6 +62,7 @@ function program (): Command {
     .option('--weight <n>', 'relative capacity for placement', (v) => { const n = Number(v); if (!(n > 0)) throw new InvalidArgumentError('--weight must be > 0'); return n }, 1)
     .option('--quiet-ms <ms>', 'an in-place file unchanged this long, and open by no writer, counts as complete', positiveInt('--quiet-ms'), 30_000)
     .option('--heartbeat-ms <ms>', 'membership heartbeat interval', positiveInt('--heartbeat-ms'), 1_000)
+    .option('--stop-timeout-ms <ms>', 'on SIGTERM/SIGINT, how long running fetches and processing may take to finish (interrupted work resumes after a restart)', positiveInt('--stop-timeout-ms'), 30_000)
     .option('--reassign-grace-ms <ms>', 'an owner or backup gone this long is replaced by the next in rendezvous order (ingest role)', positiveInt('--reassign-grace-ms'), 15_000)
     .option('--min-free-bytes <n>', 'refuse new files when free space in the work or archive directory would fall below this', positiveInt('--min-free-bytes'), 1024 * 1024 * 1024)
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default(process.env.FILEMESH_LOG_LEVEL ?? 'info'))
@@ -85,6 +89,48 @@ function program (): Command {
     .action(async (opts) => {
       const status = await fetchStatus(await apiAddress(opts), await clientToken(opts))
       process.stdout.write(opts.json === true ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+    })
+
+  cmd.command('drain')
+    .description('Take a node out of service: it stops taking new files, hands files it has not started to other members, and finishes the rest. Waits and prints "safe to remove" (exit 0), or what still blocks it (exit 75 after --timeout-s).')
+    .option('--data <dir>', 'the node\'s state directory')
+    .option('--api <host:port>', 'the node\'s control API')
+    .option('--api-token-file <file>', 'the API token, if the node\'s API needs one (or set FILEMESH_API_TOKEN)')
+    .option('--timeout-s <s>', 'how long to wait for the node to become safe to remove', positiveInt('--timeout-s'), 600)
+    .option('--no-wait', 'start draining and report once, without waiting')
+    .action(async (opts) => {
+      const api = await apiAddress(opts)
+      const token = await clientToken(opts)
+      let report = await apiRequest<DrainReport>(api, token, '/api/drain', 'POST')
+      const deadline = Date.now() + opts.timeoutS * 1000
+      let last = ''
+      while (!report.safe && opts.wait !== false && Date.now() < deadline) {
+        const now = report.blockers.join('; ')
+        if (now !== last) process.stderr.write(`waiting: ${now}\n`)
+        last = now
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+        report = await apiRequest<DrainReport>(api, token, '/api/drain', 'GET')
+      }
+      if (report.safe) {
+        process.stdout.write('safe to remove\n')
+        return
+      }
+      process.stdout.write(`not safe to remove yet:\n${report.blockers.map((b) => `  - ${b}`).join('\n')}\n`)
+      process.exitCode = EXIT_TEMPFAIL
+    })
+
+  cmd.command('scrub')
+    .description('Re-hash every file the node stores against its CID now, repair corrupt copies from other members, and print the report (exit 1 if a corrupt copy could not be repaired).')
+    .option('--data <dir>', 'the node\'s state directory')
+    .option('--api <host:port>', 'the node\'s control API')
+    .option('--api-token-file <file>', 'the API token, if the node\'s API needs one (or set FILEMESH_API_TOKEN)')
+    .option('--json', 'print the report as JSON')
+    .action(async (opts) => {
+      const report = await apiRequest<ScrubReport>(await apiAddress(opts), await clientToken(opts), '/api/scrub', 'POST')
+      process.stdout.write(opts.json === true
+        ? JSON.stringify(report) + '\n'
+        : `checked ${report.checked} file(s), ${(report.bytes / 1048576).toFixed(1)} MiB in ${(report.ms / 1000).toFixed(1)} s: ${report.corrupt} corrupt, ${report.repaired} repaired${report.unrecoverable.length > 0 ? `, UNRECOVERABLE: ${report.unrecoverable.join(' ')}` : ''}\n`)
+      if (report.unrecoverable.length > 0) process.exitCode = 1
     })
 
   cmd.command('keygen')
@@ -140,16 +186,20 @@ async function clientToken (opts: { apiTokenFile?: string }): Promise<string | u
 }
 
 async function fetchStatus (api: string, token?: string): Promise<NodeStatus> {
+  return await apiRequest<NodeStatus>(api, token, '/api/status', 'GET')
+}
+
+async function apiRequest<T> (api: string, token: string | undefined, urlPath: string, method: 'GET' | 'POST', timeoutMs = 600_000): Promise<T> {
   const { host, port } = parseHostPort(api)
   let res: Response
   try {
-    res = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}/api/status`, { signal: AbortSignal.timeout(10_000), headers: token != null ? { authorization: `Bearer ${token}` } : {} })
+    res = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}${urlPath}`, { method, signal: AbortSignal.timeout(timeoutMs), headers: token != null ? { authorization: `Bearer ${token}` } : {} })
   } catch (err: any) {
     throw new CliError(`cannot reach the daemon's API at ${api}: ${err.cause?.code ?? err.message}. Is it running?`, EXIT_UNAVAILABLE)
   }
   if (res.status === 401) throw new CliError(`the daemon at ${api} refused the request (401): ${token == null ? 'its API needs a token; pass --api-token-file FILE or set FILEMESH_API_TOKEN' : 'wrong API token'}`, 1)
   if (!res.ok) throw new CliError(`the daemon at ${api} answered ${res.status}`, 1)
-  return await res.json() as NodeStatus
+  return await res.json() as T
 }
 
 async function findInbox (opts: { data?: string, api?: string, apiTokenFile?: string }): Promise<string> {
@@ -195,8 +245,11 @@ async function runDaemon (opts: Record<string, any>): Promise<void> {
       process.exit(sig === 'SIGINT' ? 130 : 143)
     }
     stopping = true
-    process.stderr.write(`filemesh: ${sig} received, stopping (send it again to exit at once)\n`)
-    daemon.stop().then(() => process.exit(0), (err) => {
+    process.stderr.write(`filemesh: ${sig} received: taking no new work, letting running work finish for up to ${opts.stopTimeoutMs} ms (send it again to exit at once)\n`)
+    daemon.quiesce()
+      .then(async () => await daemon.settle(opts.stopTimeoutMs))
+      .then(async () => { await daemon.stop() })
+      .then(() => process.exit(0), (err) => {
       process.stderr.write(`filemesh: error while stopping: ${err?.message ?? err}\n`)
       process.exit(1)
     })

@@ -151,7 +151,7 @@ export class Daemon {
     else log.warn('NO SWARM KEY: this mesh is OPEN to anyone who can reach its addresses; create a key with `filemesh keygen -o swarm.key` and pass --swarm-key swarm.key to every member')
     if (this.#gate != null) log.info('peer allowlist enforced in both directions', { file: cfg.allowPeersFile, peers: this.#gate.size })
 
-    this.#members = new MembershipService(node, { nowMs: () => performance.now() }, log.child('members'), { roles: cfg.roles, weight: cfg.weight, heartbeatIntervalMs: cfg.heartbeatIntervalMs })
+    this.#members = new MembershipService(node, { nowMs: () => performance.now() }, log.child('members'), { roles: cfg.roles, weight: cfg.weight, heartbeatIntervalMs: cfg.heartbeatIntervalMs, isAllowed: (id) => this.#gate?.isAllowed(id) ?? true })
     this.#control = new ControlChannel(node, log.child('control'))
     const local = new LocalBlocks(store, log.child('blocks'))
     this.#blockServer = new BlockServer({ node }, { source: local })
@@ -297,6 +297,13 @@ export class Daemon {
     let inboxFiles = 0
     if (this.inboxDir != null) inboxFiles = (await fs.readdir(this.inboxDir).catch(() => [])).filter((n) => !n.startsWith('.') && !/\.(part|filepart|tmp|sha256|size)$/i.test(n)).length
     return drainReport({ draining: this.#draining, roles: this.config.roles, ingest, holder, inboxFiles })
+  }
+
+  /** Before a stop: no new claims from the inbox, no new assignments; running work goes on. */
+  async quiesce (): Promise<void> {
+    this.#holder?.setDraining(true)
+    await this.#inbox?.stop()
+    this.#inbox = undefined
   }
 
   /** Waits until nothing is fetched or processed here, or `timeoutMs` passed. */

@@ -27,6 +27,11 @@ export interface MembershipServiceInit {
   memberTtlMs?: number
   /** Connections we open to members on our own (the mesh also forwards gossip through others). */
   dialMembersMax?: number
+  /**
+   * The peer allowlist, if any: a heartbeat from a peer not on it is rejected even when another member relays
+   * it, so an outsider never enters the membership view (and is never chosen for a file).
+   */
+  isAllowed?: (peerId: string) => boolean
 }
 
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000
@@ -40,6 +45,7 @@ export class MembershipService {
   readonly #weight: number
   readonly #intervalMs: number
   readonly #dialMax: number
+  readonly #isAllowed: (peerId: string) => boolean
   readonly #listeners = new Set<() => void>()
   readonly #dialing = new Set<string>()
   #draining = false
@@ -54,6 +60,7 @@ export class MembershipService {
     this.#weight = init.weight ?? 1
     this.#intervalMs = init.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS
     this.#dialMax = init.dialMembersMax ?? DEFAULT_DIAL_MEMBERS_MAX
+    this.#isAllowed = init.isAllowed ?? (() => true)
     this.view = new MembershipView({ selfId: node.peerId.toString(), clock, ttlMs: init.memberTtlMs ?? this.#intervalMs * 5 })
   }
 
@@ -104,6 +111,10 @@ export class MembershipService {
 
   #validate (_from: PeerId, msg: Message): TopicValidatorResult {
     if (msg.type !== 'signed') return TopicValidatorResult.Reject
+    if (!this.#isAllowed(msg.from.toString())) {
+      this.#rejected++
+      return TopicValidatorResult.Reject
+    }
     try {
       if (decodeGossip(msg.data).type !== 'heartbeat') return TopicValidatorResult.Reject
       return TopicValidatorResult.Accept

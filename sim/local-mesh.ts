@@ -53,7 +53,9 @@ export class LocalMesh {
     await fsp.rm(path.join(dataDir, 'node.json'), { force: true })
     const first = [...this.nodes.values()].find((n) => n.name !== name && n.proc.exitCode == null && n.proc.signalCode == null)
     const bootstrap = opts.bootstrap ?? (first != null ? [first.info.addrs[0] as string] : [])
-    const args = ['run', '--data', dataDir, '--roles', opts.roles.join(','), ...bootstrap.flatMap((b) => ['--bootstrap', b]), ...(opts.args ?? [])]
+    // A short stop timeout: tests and the demo stop daemons often, and interrupted work resumes on restart anyway.
+    const stopTimeout = (opts.args ?? []).includes('--stop-timeout-ms') ? [] : ['--stop-timeout-ms', '3000']
+    const args = ['run', '--data', dataDir, '--roles', opts.roles.join(','), ...bootstrap.flatMap((b) => ['--bootstrap', b]), ...stopTimeout, ...(opts.args ?? [])]
     const logPath = path.join(this.root, `${name}.log`)
     const log = fs.openSync(logPath, 'a')
     const proc = spawn(process.execPath, [CLI_PATH, ...args], {
