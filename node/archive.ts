@@ -15,6 +15,7 @@ import * as fs from 'node:fs/promises'
 import * as path from 'node:path'
 import { collisionName, sanitizeName } from '../protocols/names.ts'
 import { ExistsError, ensureDir, errnoCode, fsyncDir, linkNoClobber, syncHandle } from './fsutil.ts'
+import { hashFile } from './hasher.ts'
 import { createLogger } from './log.ts'
 import type { Logger } from './log.ts'
 
@@ -165,6 +166,14 @@ export class Archive {
           this.log.debug('already archived', { cid, path: relPath })
           return { path: target, relPath, existed: true }
         }
+        if (existing.isFile() && existing.size === part.size && !this.isIndexed(index, relPath) && (await hashFile(target)).root.toString() === cid) {
+          // A copy of this very file that a crash left unindexed (killed after the link, before the index line,
+          // and the part file was removed since): adopt it instead of archiving a second copy.
+          await this.appendIndex({ cid, size: part.size, relPath, time: this.now().toISOString() })
+          await fs.rm(partPath, { force: true })
+          this.log.warn('adopted an unindexed archive copy left by a crash', { cid, path: relPath })
+          return { path: target, relPath, existed: false }
+        }
         if (existing.isSymbolicLink()) this.log.warn('symlink at archive name, not followed', { cid, path: relPath })
         continue
       }
@@ -176,6 +185,11 @@ export class Archive {
       return { path: target, relPath, existed: false }
     }
     throw new Error(`archive: no free name for ${cid} after ${this.collisionAttemptsMax} attempts (${base})`)
+  }
+
+  private isIndexed (index: Map<string, ArchiveEntry[]>, relPath: string): boolean {
+    for (const entries of index.values()) if (entries.some((e) => e.relPath === relPath)) return true
+    return false
   }
 
   /** The absolute path of `relPath`, asserting that it is a direct child of the archive directory. */

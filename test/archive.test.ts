@@ -6,6 +6,7 @@ import * as path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { Archive, ArchiveRootError, INCOMING_DIR_NAME, INDEX_FILE_NAME, PartFileError } from '../node/archive.ts'
 import type { Logger } from '../node/log.ts'
+import { hashBytes } from '../node/hasher.ts'
 import { COLLISION_TAG_CHARS } from '../protocols/names.ts'
 
 const CID_A = 'bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy'
@@ -133,6 +134,31 @@ describe('Archive.commit', () => {
     expect(await listRoot()).toEqual(['c.bin'])
     expect((await restarted.lookup(CID_A))?.relPath).toBe('c.bin')
     await expect(fs.access(p)).rejects.toMatchObject({ code: 'ENOENT' })
+  })
+
+  it('adopts a copy a crash left unindexed after its part file was removed and fetched again', async () => {
+    const content = 'refetched after a crash'
+    const cid = (await hashBytes(new TextEncoder().encode(content))).root.toString()
+    const archive = await newArchive()
+    const first = await part(archive, cid, content)
+    await fs.link(first, path.join(root, 'd.bin')) // crashed after the link, before the index line
+    await fs.rm(first) // the restarted fetcher starts from a fresh part file
+    const restarted = await newArchive()
+    const again = await part(restarted, cid, content)
+    const r = await restarted.commit(again, 'd.bin', cid)
+    expect(r.relPath).toBe('d.bin')
+    expect(await listRoot()).toEqual(['d.bin'])
+    expect((await restarted.lookup(cid))?.relPath).toBe('d.bin')
+  })
+
+  it('does not adopt an unindexed file of the same name with other bytes', async () => {
+    const content = 'the real one'
+    const cid = (await hashBytes(new TextEncoder().encode(content))).root.toString()
+    const archive = await newArchive()
+    await fs.writeFile(path.join(root, 'e.bin'), 'the old one!')
+    const r = await archive.commit(await part(archive, cid, content), 'e.bin', cid)
+    expect(r.relPath).not.toBe('e.bin')
+    expect(await fs.readFile(path.join(root, 'e.bin'), 'utf8')).toBe('the old one!')
   })
 
   it('puts hostile names inside the root and nowhere else', async () => {
