@@ -6,8 +6,8 @@
  *                  backup; otherwise `stuck` (a copy still exists in an inbox, spool or work dir) or `lost`
  *   I2 corruption  no archived copy and no processed copy differs from the ledger's bytes
  *   I3 deletion    each ingest deletion is preceded, in that ingest's log, by 'receipt recorded' for owner and
- *                  backup from the holders current at that point (placement and reassignments followed), and
- *                  some holder logged 'stored durably' in each role before it
+ *                  backup from the holders current at that point, and each of them logged 'stored durably'
+ *                  before it (churn-deletions.ts)
  *   I4 multiplicity runs per file from the command's records; each extra run traced to a fault
  *   I5 liveness    per-file completion after the last fault healed; time to quiescence
  *   I7 resources   max RSS and fds per node; idle directories empty
@@ -17,13 +17,12 @@ import type { NodeStatus } from '../node/status.ts'
 import { readRunRecords } from './churn-command.ts'
 import type { RunRecord } from './churn-command.ts'
 import type { ChurnLedgerEntry } from './churn-injector.ts'
-import { MSG_BACKUP_REASSIGNED, MSG_DELETED, MSG_OWNER_REASSIGNED, MSG_PLACED, MSG_PROCESSED, MSG_RECEIPT, MSG_RECEIVED, MSG_STALE, MSG_STORED, readNodeLog } from './churn-logs.ts'
+import { MSG_DELETED, MSG_PLACED, MSG_PROCESSED, MSG_RECEIPT, MSG_RECEIVED, MSG_STALE, readNodeLog } from './churn-logs.ts'
 import type { LogEvent, NodeLog } from './churn-logs.ts'
 import type { NodeResources } from './churn-resources.ts'
 import type { KillMoment } from './churn-schedule.ts'
 import { findCopies, inspectArchives } from './churn-archives.ts'
-import { explainFromStores } from './churn-store-evidence.ts'
-import type { LogGap, SuspectDelete } from './churn-store-evidence.ts'
+import { checkDeletions } from './churn-deletions.ts'
 import { traceDuplicates } from './churn-trace.ts'
 import type { DuplicateTrace } from './churn-trace.ts'
 
@@ -87,6 +86,8 @@ export interface ChurnReport {
   unsafeDeletes: FileProblem[]
   /** Ingest deletions the I3 check looked at (so a pass is not vacuous). */
   deletesChecked: number
+  /** Of those, deletions a SIGKILL kept out of the log, found in the coordinator's store. */
+  deletesUnlogged: number
   /** Deletions whose missing log line a durable record and a SIGKILL explain (see churn-store-evidence.ts). */
   deletesExplainedByStore: string[]
   /** Owner and backup reassignments logged by coordinators (the daemon's answer to a holder gone too long). */
@@ -161,67 +162,8 @@ export async function check (input: CheckerInput): Promise<ChurnReport> {
     else lost.push({ name: e.name, cid: e.cid, why: `${missing}; no intact copy anywhere in the mesh` })
   }
 
-  // I3: deletion only after both receipts (ingest's log order) and after a holder's durable store in each role.
-  const unsafeDeletes: FileProblem[] = []
-  const suspects: SuspectDelete[] = []
-  let deletesChecked = 0
-  let reassignments = 0
-  /** First 'stored durably' per cid/role, and per cid/role/peer. */
-  const storedAt = new Map<string, number>()
-  const peerOf = new Map(input.nodes.map((n) => [n.name, n.peerId]))
-  for (const log of logs) {
-    for (const ev of log.events) {
-      if (ev.msg !== MSG_STORED || ev.cid == null || ev.role == null) continue
-      const peer = peerOf.get(log.node) ?? ''
-      for (const key of [`${ev.cid}/${ev.role}`, `${ev.cid}/${ev.role}/${peer}`]) storedAt.set(key, Math.min(storedAt.get(key) ?? Infinity, ev.timeMs))
-    }
-  }
-  for (const log of logs) {
-    // Per file on this coordinator: the current owner and backup (from placement and reassignments) and the
-    // receipts recorded from them. A reassignment voids that role's receipt, as the coordinator's rule does.
-    const holders = new Map<string, { owner?: string, backup?: string }>()
-    const receipts = new Map<string, Map<string, string>>()
-    for (const ev of log.events) {
-      if (ev.cid == null) continue
-      if (ev.msg === MSG_PLACED) {
-        holders.set(ev.cid, { owner: ev.owner, backup: ev.backup })
-        receipts.delete(ev.cid)
-      }
-      if (ev.msg === MSG_OWNER_REASSIGNED || ev.msg === MSG_BACKUP_REASSIGNED) {
-        const role = ev.msg === MSG_OWNER_REASSIGNED ? 'owner' : 'backup'
-        holders.set(ev.cid, { ...holders.get(ev.cid), [role]: ev.to })
-        receipts.get(ev.cid)?.delete(role)
-        reassignments++
-      }
-      if (ev.msg === MSG_RECEIPT && ev.role != null) receipts.set(ev.cid, (receipts.get(ev.cid) ?? new Map<string, string>()).set(ev.role, ev.peer ?? ''))
-      if (ev.msg !== MSG_DELETED) continue
-      deletesChecked++
-      const have = receipts.get(ev.cid) ?? new Map<string, string>()
-      const current = holders.get(ev.cid)
-      const name = byCid.get(ev.cid)?.name ?? ev.file ?? '?'
-      const why: string[] = []
-      const gaps: LogGap[] = []
-      const hard: string[] = []
-      for (const role of ['owner', 'backup'] as const) {
-        const from = have.get(role)
-        if (from == null) {
-          why.push(`no '${MSG_RECEIPT}' role=${role} before it in ${log.node}'s log`)
-          gaps.push({ kind: 'receipt', role })
-        } else if (current?.[role] != null && from !== current[role]) {
-          hard.push(`the ${role} receipt came from ${from.slice(-8)}, but the current ${role} is ${String(current[role]).slice(-8)}`)
-        }
-        const holder = from ?? current?.[role]
-        const storedKey = holder != null && holder !== '' ? `${ev.cid}/${role}/${holder}` : `${ev.cid}/${role}`
-        if (!((storedAt.get(storedKey) ?? Infinity) <= ev.timeMs)) {
-          why.push(`${holder != null ? `the ${role} ${holder.slice(-8)}` : 'no holder'} did not log '${MSG_STORED}' role=${role} before it`)
-          gaps.push({ kind: 'stored', role, ...(holder != null ? { peer: holder } : {}) })
-        }
-      }
-      if (why.length + hard.length > 0) suspects.push({ coordinator: log.node, cid: ev.cid, name, deletedAtMs: ev.timeMs, gaps, hard, why: `${log.node} deleted its copy at line ${ev.seq}: ${[...hard, ...why].join('; ')}` })
-    }
-  }
-  const resolved = suspects.length > 0 ? await explainFromStores(suspects, input.nodes, input.faults) : { unsafe: [], explained: [] }
-  unsafeDeletes.push(...resolved.unsafe)
+  // I3: deletion only after both receipts, each from the current holder, each holder's copy stored durably first.
+  const deletions = await checkDeletions(logs, input.nodes, input.faults, byCid)
 
   // I4.
   const duplicates = traceDuplicates(runsByCid, byCid, input.faults, input.nodes, input.startedAtMs)
@@ -262,10 +204,11 @@ export async function check (input: CheckerInput): Promise<ChurnReport> {
     lost,
     stuck,
     corrupt,
-    unsafeDeletes,
-    deletesChecked,
-    deletesExplainedByStore: resolved.explained,
-    reassignments,
+    unsafeDeletes: deletions.unsafe,
+    deletesChecked: deletions.checked,
+    deletesUnlogged: deletions.unlogged,
+    deletesExplainedByStore: deletions.explained,
+    reassignments: deletions.reassignments,
     duplicates,
     duplicateRuns,
     archiveCopies: archives.copies,

@@ -68,7 +68,7 @@ export function formatReport (r: ChurnReport, ctx: ReportContext): string {
   rows.push(['lost (I1)', String(r.lost.length)])
   rows.push(['stuck (I1)', `${r.stuck.length}${r.stuck.length > 0 ? ' (unfinished within the limit, a copy still exists)' : ''}`])
   rows.push(['corrupt (I2)', String(r.corrupt.length)])
-  rows.push(['unsafe deletes (I3)', `${r.unsafeDeletes.length} of ${r.deletesChecked} ingest deletions checked${r.deletesExplainedByStore.length > 0 ? ` (${r.deletesExplainedByStore.length} missing log lines explained by a durable record + SIGKILL)` : ''}`])
+  rows.push(['unsafe deletes (I3)', `${r.unsafeDeletes.length} of ${r.deletesChecked} ingest deletions checked${r.deletesUnlogged > 0 ? ` (${r.deletesUnlogged} found only in the store: killed before the log line)` : ''}${r.deletesExplainedByStore.length > 0 ? ` (${r.deletesExplainedByStore.length} missing log lines explained by a durable record + SIGKILL)` : ''}`])
   const untraced = r.duplicates.filter((d) => !d.traced).length
   rows.push(['processed >1 (I4)', `${r.duplicates.length} files (${pct(r.duplicates.length, r.files)}%), ${r.duplicateRuns} extra runs, ${r.duplicates.length - untraced} traced to a fault, ${untraced} untraced; daemon counted ${r.daemon.staleCompletions} stale-epoch completions; ${r.reassignments} holder reassignments`])
   rows.push(['faults', `${r.kills} SIGKILL+restart (${Object.entries(r.killsByMoment).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}), ${r.joins} joins, ${r.leaves} leaves${r.faultErrors.length > 0 ? `, ${r.faultErrors.length} fault actions failed` : ''}`])
@@ -102,7 +102,7 @@ export function formatReport (r: ChurnReport, ctx: ReportContext): string {
     lines.push(`replay:  ${ctx.replayCommand}`)
     lines.push(`or:      ${ctx.seedCommand}`)
   }
-  if (ctx.kept) lines.push(`run directory kept: ${ctx.root} (daemon logs NAME.log, processing records records/, schedule.json, ledger.json, faults.json)`)
+  if (ctx.kept) lines.push(`run directory kept: ${ctx.root} (daemon logs NAME.log, processing records records/, schedule.json, faults.txt, checker-input.json; judge it again with: npm run churn -- --check ${ctx.root})`)
   return lines.join('\n')
 }
 

@@ -11,12 +11,12 @@ import os from 'node:os'
 import path from 'node:path'
 import type { NodeStatus } from '../node/status.ts'
 import { check, invariantsHold } from './churn-checker.ts'
-import type { ChurnReport } from './churn-checker.ts'
+import type { CheckerInput, ChurnReport } from './churn-checker.ts'
 import { Injector } from './churn-injector.ts'
 import { ChurnMesh } from './churn-mesh.ts'
 import { Nemesis, sleep } from './churn-nemesis.ts'
 import { ResourceSampler, leftovers } from './churn-resources.ts'
-import { formatSchedule } from './churn-schedule.ts'
+import { formatSchedule, parseSchedule } from './churn-schedule.ts'
 import type { ChurnSchedule, ScheduledFault, ScheduledFile } from './churn-schedule.ts'
 import { CLI_PATH } from './local-mesh.ts'
 
@@ -25,6 +25,15 @@ export const QUIESCE_POLL_MS = 500
 export const PROGRESS_INTERVAL_MS = 5_000
 export const MEMBERS_TIMEOUT_MS = 30_000
 export const CLI_STATUS_TIMEOUT_MS = 60_000
+export const CHECKER_INPUT_FILE = 'checker-input.json'
+
+/** Judges a kept run directory again with the current checker (the daemons' files and logs are all there). */
+export async function recheck (root: string): Promise<{ report: ChurnReport, ok: boolean, schedule: ChurnSchedule, quiesceLimitMs: number }> {
+  const raw = JSON.parse(await fs.readFile(path.join(root, CHECKER_INPUT_FILE), 'utf8'))
+  const schedule = parseSchedule(await fs.readFile(path.join(root, 'schedule.json'), 'utf8'))
+  const report = await check({ ...raw, resources: new Map(Object.entries(raw.resources ?? {})) } as CheckerInput)
+  return { report, ok: invariantsHold(report), schedule, quiesceLimitMs: Number(raw.quiesceLimitMs ?? DEFAULT_QUIESCE_LIMIT_MS) }
+}
 
 export interface ChurnRunInit {
   schedule: ChurnSchedule
@@ -139,7 +148,7 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
     await mesh.stopAll()
     const left: string[] = []
     for (const n of mesh.checkedNodes()) left.push(...await leftovers(n.name, n.dataDir, n.roles))
-    const report = await check({
+    const input: CheckerInput = {
       ledger: injector.ledger,
       injectFailures: injector.failures,
       nodes: mesh.checkedNodes(),
@@ -151,10 +160,11 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
       lastHealAtMs,
       quiescedAtMs,
       quiesceLimitMs
-    })
-    // The evidence the checker used, for a look at a kept run directory.
-    await fs.writeFile(path.join(root, 'ledger.json'), JSON.stringify(injector.ledger, null, 1) + '\n')
-    await fs.writeFile(path.join(root, 'faults.json'), JSON.stringify(nemesis.executed.map((f) => ({ ...f, atOffsetMs: f.atMs - t0 })), null, 1) + '\n')
+    }
+    // Everything the checker gets besides the files, so `npm run churn -- --check DIR` can judge a kept run again.
+    await fs.writeFile(path.join(root, CHECKER_INPUT_FILE), JSON.stringify({ ...input, resources: Object.fromEntries(input.resources) }, null, 1) + '\n')
+    await fs.writeFile(path.join(root, 'faults.txt'), nemesis.executed.map((f) => `+${((f.atMs - t0) / 1000).toFixed(1)}s ${f.kind} ${f.node}${f.when != null ? ` when=${f.when}` : ''}${f.momentMet === false ? ' (moment not seen)' : ''}${f.healedAtMs != null ? ` serving again +${((f.healedAtMs - t0) / 1000).toFixed(1)}s` : ''}${f.error != null ? ` ERROR ${f.error}` : ''}`).join('\n') + '\n')
+    const report = await check(input)
     const ok = invariantsHold(report)
     if (!ok) keep = true
     return { report, ok, root, kept: keep, scheduleFile, replayCommand }

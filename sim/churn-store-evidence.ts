@@ -6,6 +6,7 @@
  * accepts the gap if the durable record shows the step happened before the deletion AND that node was
  * SIGKILLed between the step and the deletion. Anything else stays an unsafe delete.
  */
+import fs from 'node:fs/promises'
 import path from 'node:path'
 import type { HolderRole } from '../protocols/messages.ts'
 import { Store } from '../node/store.ts'
@@ -32,15 +33,41 @@ export interface SuspectDelete {
   why: string
 }
 
+/** When each (coordinator, cid) was released, per the coordinator's store; absent if not released. */
+export async function releaseTimes (items: Array<{ coordinator: string, cid: string }>, nodes: CheckedNode[]): Promise<Map<string, number>> {
+  const out = new Map<string, number>()
+  const byNode = new Map<string, string[]>()
+  for (const { coordinator, cid } of items) byNode.set(coordinator, [...(byNode.get(coordinator) ?? []), cid])
+  for (const [name, cids] of byNode) {
+    const node = nodes.find((n) => n.name === name)
+    const store = node != null ? await openStore(node) : null
+    if (store == null) continue
+    try {
+      for (const cid of cids) {
+        const rec = await store.getIngest(cid)
+        if (rec?.phase === 'released' && rec.releasedAt != null) out.set(`${name}/${cid}`, Date.parse(rec.releasedAt))
+      }
+    } finally {
+      await store.close().catch(() => {})
+    }
+  }
+  return out
+}
+
+/** Opens a stopped daemon's store read-only in effect; never creates a database where the daemon left none. */
+async function openStore (node: CheckedNode): Promise<Store | null> {
+  const dir = path.join(node.dataDir, 'db')
+  if (!await fs.stat(dir).then((st) => st.isDirectory(), () => false)) return null
+  const s = new Store(dir)
+  return await s.open().then(() => s, () => null)
+}
+
 export async function explainFromStores (suspects: SuspectDelete[], nodes: CheckedNode[], faults: ExecutedFault[]): Promise<{ unsafe: FileProblem[], explained: string[] }> {
   const unsafe: FileProblem[] = []
   const explained: string[] = []
   const stores = new Map<string, Store | null>()
   const open = async (node: CheckedNode): Promise<Store | null> => {
-    if (!stores.has(node.name)) {
-      const s = new Store(path.join(node.dataDir, 'db'))
-      stores.set(node.name, await s.open().then(() => s, () => null))
-    }
+    if (!stores.has(node.name)) stores.set(node.name, await openStore(node))
     return stores.get(node.name) ?? null
   }
   const killedBetween = (node: string, fromMs: number, toMs: number): ExecutedFault | undefined =>

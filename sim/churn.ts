@@ -8,10 +8,11 @@
  *   npm run churn -- [--seed S] [--nodes N] [--files F] [--minutes M] [--kill-every-s K] [--replay schedule.json]
  *                    [--partition] [--leave [N]] [--joins J] [--min-kib K] [--max-kib K] [--process-ms MS]
  *                    [--ingests I] [--backups B] [--quiesce-s S] [--keep]
+ *   npm run churn -- --check RUN_DIR     (judge a kept run directory again)
  */
 import fs from 'node:fs/promises'
 import { parseArgs } from 'node:util'
-import { runChurn } from './churn-runner.ts'
+import { recheck, runChurn } from './churn-runner.ts'
 import { formatReport, summaryJson } from './churn-report.ts'
 import { DEFAULT_LEAVES, ScheduleError, defaultConfig, generateSchedule, parseSchedule } from './churn-schedule.ts'
 import type { ChurnSchedule, ScheduleConfig } from './churn-schedule.ts'
@@ -30,6 +31,7 @@ const USAGE = `usage: npm run churn -- [options]
   --ingests I --backups B   (default 1 and 2)
   --quiesce-s S       how long after the last fault the mesh may take to finish (default 120)
   --replay FILE       run a schedule.json written by an earlier run (other schedule options are ignored)
+  --check DIR         judge a kept run directory again (no daemons started)
   --keep              keep the run directory even on success
 `
 
@@ -58,6 +60,7 @@ try {
       backups: { type: 'string' },
       'quiesce-s': { type: 'string', default: '120' },
       replay: { type: 'string' },
+      check: { type: 'string' },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false }
     },
@@ -78,6 +81,13 @@ function num (name: string, v: string | undefined, min: number): number | undefi
   const n = Number(v)
   if (!Number.isFinite(n) || n < min) usage(`--${name} must be a number ≥ ${min}`)
   return n
+}
+
+if (opts.check != null) {
+  const { report, ok, schedule: s, quiesceLimitMs } = await recheck(opts.check).catch((err) => usage(`cannot check ${opts.check}: ${err.message}`))
+  const ctx = { seed: s.config.seed, root: opts.check, scheduleFile: `${opts.check}/schedule.json`, replayCommand: `npm run churn -- --replay ${opts.check}/schedule.json`, seedCommand: seedCommand(s.config), ok, kept: true, quiesceLimitMs }
+  process.stdout.write(formatReport(report, ctx) + '\n' + JSON.stringify(summaryJson(report, ctx)) + '\n')
+  process.exit(ok ? 0 : 1)
 }
 
 let schedule: ChurnSchedule
