@@ -135,13 +135,6 @@ export class HolderService {
     this.#runs.clear()
   }
 
-  /**
-   * A coordinator assigns us a file. Recorded durably before we say yes. Only a live member with the ingest
-   * role may assign, and only a file's coordinator may reassign it (a higher epoch). The record is the
-   * persistent de-duplication: a repeat (a retry, the gossip announcement, a replay long after gossipsub's
-   * seen-cache or across a restart) with an epoch not above ours changes nothing and is acknowledged again;
-   * a record past fetching never goes back to fetching.
-   */
   /** A draining node takes no new files (a repeat of a known assignment is still acknowledged). */
   setDraining (draining: boolean): void {
     this.#draining = draining
@@ -152,6 +145,13 @@ export class HolderService {
     return this.#fetches.size + this.#fetches.pending + this.#runs.size + this.#runs.pending === 0
   }
 
+  /**
+   * A coordinator assigns us a file. Recorded durably before we say yes. Only a live member with the ingest
+   * role may assign, and only a file's coordinator may reassign it (a higher epoch). The record is the
+   * persistent de-duplication: a repeat (a retry, the gossip announcement, a replay long after gossipsub's
+   * seen-cache or across a restart) with an epoch not above ours changes nothing and is acknowledged again;
+   * a record past fetching never goes back to fetching.
+   */
   async onAssign (from: string, msg: AssignMessage): Promise<ControlReply> {
     if (this.#draining && await this.#store.getHolder(msg.cid, msg.role) == null) return refuse('draining', 'this node is draining and takes no new files')
     const needed: Role = msg.role === 'owner' ? 'process' : 'backup'

@@ -60,8 +60,12 @@ export const CONTROL_REQUESTS_PER_PEER_PER_SEC = 500
 export const CONTROL_REQUESTS_PER_PEER_BURST = 1_000
 /** Open inbound control streams per peer, over all its connections. */
 export const CONTROL_STREAMS_PER_PEER_MAX = 32
-/** Control requests this node keeps in flight to one peer (a restart re-sends many at once). */
-export const CONTROL_REQUESTS_OUTBOUND_PER_PEER_MAX = 16
+/**
+ * Control requests this node keeps in flight to one peer (a restart re-sends many at once). Small: a peer
+ * whose muxer sees more than 10 streams before its side of a new connection is set up aborts the whole
+ * connection (libp2p MaxEarlyStreamsError), and identify, ping and gossipsub open streams too.
+ */
+export const CONTROL_REQUESTS_OUTBOUND_PER_PEER_MAX = 4
 /** How long a peer that went over a limit has every new block or control stream refused. */
 export const PEER_PENALTY_MS = 10_000
 /** Peers tracked by each rate limiter (bounded memory; idle peers are forgotten first). */

@@ -481,7 +481,7 @@ describe('a daemon under hostile peers', () => {
     extra.push(flooder)
     const conns: Connection[] = [await flooder.dial(multiaddr(hub())), await flooder.dial(multiaddr(hub()), { force: true })]
     expect(conns[0]?.id).not.toBe(conns[1]?.id)
-    const deadline = AbortSignal.timeout(15_000)
+    const deadline = AbortSignal.timeout(10_000) // the flood stops by itself, at the latest after this
     let controlReplies = 0
     let controlRefused = 0
     const floodStarted = performance.now()
@@ -495,7 +495,7 @@ describe('a daemon under hostile peers', () => {
     // 2. control requests as fast as they go, 8 streams at a time per connection
     const bogus = encodeMessage({ type: 'receipt', v: 1, cid: f.cid, role: 'owner', epoch: 1 }, CONTROL_MESSAGE_BYTES_MAX)
     const controlFlood = async (conn: Connection): Promise<void> => {
-      for (let i = 0; i < 300 && !deadline.aborted; i++) {
+      for (let i = 0; i < 150 && !deadline.aborted; i++) {
         try {
           const s = await conn.newStream(CONTROL_PROTOCOL, { signal: deadline })
           const lp = lpStream(s, { maxDataLength: CONTROL_MESSAGE_BYTES_MAX })
@@ -508,11 +508,11 @@ describe('a daemon under hostile peers', () => {
         }
       }
     }
-    // 3. block requests for blocks nobody has, pipelined 500 per stream (12000 in all), responses read
+    // 3. block requests for blocks nobody has, pipelined 500 per stream (6000 in all), responses read
     let blockAnswers = 0
     const missing = Array.from({ length: 500 }, (_, i) => encodeBlockRequest(rawLeafCid(payload(8, 1000 + i, 64))))
     const blockFlood = async (conn: Connection): Promise<void> => {
-      for (let round = 0; round < 6 && !deadline.aborted; round++) {
+      for (let round = 0; round < 3 && !deadline.aborted; round++) {
         try {
           const s = await conn.newStream(BLOCKS_PROTOCOL, { signal: deadline })
           const lp = lpStream(s, { maxDataLength: BLOCK_FRAME_BYTES_MAX })

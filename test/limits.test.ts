@@ -200,6 +200,10 @@ describe('per-peer limits on the control protocol', () => {
     const receiver = new ControlChannel(a as unknown as MeshNode, log, { requestsPerPeerPerSec: 1, requestsPerPeerBurst: 5, penaltyMs: 60_000 })
     await receiver.start(async () => ok())
     await b.dial(a.getMultiaddrs()[0] as any)
+    // one request first, so the connection is set up on both sides before the burst (libp2p aborts a
+    // connection on which more than 10 streams arrive before that: MaxEarlyStreamsError)
+    const warmUp = new ControlChannel(b as unknown as MeshNode, log)
+    await warmUp.request(a.peerId.toString(), { type: 'receipt', v: 1, cid: 'c', role: 'owner', epoch: 1 })
     const results = await Promise.all(Array.from({ length: 12 }, async () => {
       try {
         const s = await b.dialProtocol(a.peerId, CONTROL_PROTOCOL)
@@ -211,9 +215,9 @@ describe('per-peer limits on the control protocol', () => {
         return 'refused'
       }
     }))
-    expect(results.filter((r) => r === 'answered')).toHaveLength(5)
+    expect(results.filter((r) => r === 'answered')).toHaveLength(4)
     expect(receiver.stats().rate.limited).toBe(1)
     expect(receiver.stats().rate.penalties).toBe(1)
-    expect(receiver.stats().rate.refusedPenalised).toBe(6)
+    expect(receiver.stats().rate.refusedPenalised).toBe(7)
   })
 })
