@@ -56,7 +56,9 @@ export async function createMeshNode (init: MeshNodeInit): Promise<MeshNode> {
     addresses: { listen: init.listen ?? DEFAULT_LISTEN },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 16 * MiB, maxReadBufferLength: 20 * MiB } } as any)],
+    // maxEarlyStreams: a peer that opens control and block streams right after connecting must not get the whole
+    // connection reset before our handlers are attached (default 10).
+    streamMuxers: [yamux({ maxEarlyStreams: 64, streamOptions: { maxStreamWindowSize: 16 * MiB, maxReadBufferLength: 20 * MiB } } as any)],
     connectionManager: { maxConnections: init.maxConnections ?? DEFAULT_MAX_CONNECTIONS, inboundConnectionThreshold: 100 },
     ...(init.swarmKey != null ? { connectionProtector: preSharedKey({ psk: init.swarmKey }) } : {}),
     ...(init.connectionGater != null ? { connectionGater: init.connectionGater } : {}),

@@ -42,22 +42,23 @@ export class BlockMismatchError extends Error {
 
 /** Throws CidRejectedError unless `cid` is CIDv1, raw or dag-pb, sha2-256 with a 32-byte digest. */
 export function assertAcceptedCid (cid: CID): void {
-  const str = safeToString(cid)
+  // Only a refusal pays for the CID's string form (this runs on every block request and DAG link).
+  const str = (): string => safeToString(cid)
   if (cid.version !== 1) {
-    throw new CidRejectedError(`CID ${str} is version ${String(cid.version)}: only CIDv1 is accepted`)
+    throw new CidRejectedError(`CID ${str()} is version ${String(cid.version)}: only CIDv1 is accepted`)
   }
   if (cid.code !== RAW_CODE && cid.code !== DAG_PB_CODE) {
-    throw new CidRejectedError(`CID ${str} has codec 0x${cid.code.toString(16)}: only raw (0x55) and dag-pb (0x70) are accepted`)
+    throw new CidRejectedError(`CID ${str()} has codec 0x${cid.code.toString(16)}: only raw (0x55) and dag-pb (0x70) are accepted`)
   }
   const mh = cid.multihash
   if (mh.code === 0x00) {
-    throw new CidRejectedError(`CID ${str} uses the identity multihash: only sha2-256 is accepted`)
+    throw new CidRejectedError(`CID ${str()} uses the identity multihash: only sha2-256 is accepted`)
   }
   if (mh.code !== SHA2_256_CODE) {
-    throw new CidRejectedError(`CID ${str} has multihash 0x${mh.code.toString(16)}: only sha2-256 (0x12) is accepted`)
+    throw new CidRejectedError(`CID ${str()} has multihash 0x${mh.code.toString(16)}: only sha2-256 (0x12) is accepted`)
   }
   if (mh.size !== SHA2_256_DIGEST_BYTES || mh.digest.length !== SHA2_256_DIGEST_BYTES) {
-    throw new CidRejectedError(`CID ${str} has a ${mh.digest.length}-byte digest: sha2-256 needs ${SHA2_256_DIGEST_BYTES}`)
+    throw new CidRejectedError(`CID ${str()} has a ${mh.digest.length}-byte digest: sha2-256 needs ${SHA2_256_DIGEST_BYTES}`)
   }
 }
 

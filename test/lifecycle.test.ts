@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
-  WrongStateError, assigned, canRelease, outcomeAcked, placed, processingDone, processingFailed, processingRetry,
+  WrongStateError, assigned, canRelease, ownerReassigned, outcomeAcked, placed, processingDone, processingFailed, processingRetry,
   processingStarted, progressFrom, receiptAcked, receiptFrom, received, released, stored
 } from '../node/core/lifecycle.ts'
 
@@ -46,7 +46,11 @@ describe('coordinator record', () => {
   it('records processing only from the current owner and epoch; a stale completion is counted', () => {
     const p = placed(fresh(), 'o', 'b', now)
     expect(progressFrom(p, 'x', 1, 'processed', 1, now).verdict).toBe('not-owner')
-    const stale = progressFrom(p, 'o', 7, 'processed', 1, now)
+    expect(progressFrom(p, 'o', 7, 'processed', 1, now).verdict).toBe('not-owner')
+    const moved = ownerReassigned(p, 'o2', now)
+    expect(moved.epoch).toBe(2)
+    expect(progressFrom(moved, 'mallory', 1, 'processed', 1, now).verdict).toBe('not-owner')
+    const stale = progressFrom(moved, 'o', 1, 'processed', 1, now)
     expect(stale.verdict).toBe('stale-epoch')
     expect(stale.rec.staleCompletions).toBe(1)
     expect(stale.rec.processing).toBe('pending')

@@ -43,17 +43,20 @@ describe('owner reassignment', () => {
     const inbox = mesh.get('ingest').info.inbox as string
     const ledger: LedgerEntry[] = []
     const names = ['slow-1.bin', 'a.bin', 'b.bin', 'c.bin']
-    for (const [i, name] of names.entries()) {
+    const drop = async (i: number): Promise<void> => {
       const bytes = payload(11, i, 300_000 + i)
-      ledger.push({ name, size: bytes.length, sha256: sha256Hex(bytes) })
-      await dropLikeRsync(inbox, name, bytes)
+      ledger.push({ name: names[i] as string, size: bytes.length, sha256: sha256Hex(bytes) })
+      await dropLikeRsync(inbox, names[i] as string, bytes)
     }
+    // The slow file alone first, so the node found processing is its owner.
+    await drop(0)
     const victim = await waitFor('the slow file to be processing on its owner', async () => {
       for (const name of ['proc1', 'proc2']) {
         if ((await mesh.status(name)).owner.processing > 0) return name
       }
       return undefined
     }, 30_000, 100)
+    for (let i = 1; i < names.length; i++) await drop(i)
     await mesh.stop(victim, 'SIGKILL')
 
     const status = await waitFor('every file processed after the reassignment', async () => {

@@ -43,6 +43,8 @@ export interface IngestRecord {
   /** Owners and backups replaced because they were gone too long or refused the file. */
   ownerReassignments?: number
   backupReassignments?: number
+  /** Owners of earlier epochs, index = epoch - 1: only they can report a late (duplicate) completion. */
+  pastOwners?: string[]
   releasedAt?: string
 }
 
@@ -137,7 +139,9 @@ export function released (rec: IngestRecord, now: string): IngestRecord {
 export function ownerReassigned (rec: IngestRecord, owner: string, now: string): IngestRecord {
   expectPhase(rec, 'reassign owner', 'placed', 'released')
   if (rec.processing === 'processed') throw new WrongStateError(`reassign owner ${rec.cid}`, ['pending', 'processing', 'failed'], rec.processing)
-  const next: IngestRecord = { ...rec, owner, epoch: rec.epoch + 1, processing: 'pending', ownerReassignments: (rec.ownerReassignments ?? 0) + 1, placedAt: now }
+  const pastOwners = [...(rec.pastOwners ?? [])]
+  pastOwners[rec.epoch - 1] = rec.owner ?? ''
+  const next: IngestRecord = { ...rec, owner, epoch: rec.epoch + 1, processing: 'pending', ownerReassignments: (rec.ownerReassignments ?? 0) + 1, placedAt: now, pastOwners }
   delete next.ownerStoredAt
   delete next.processingAttempt
   delete next.processingError
@@ -157,6 +161,8 @@ export type ProgressVerdict = 'recorded' | 'duplicate' | 'stale-epoch' | 'not-ow
 export function progressFrom (rec: IngestRecord, peer: string, epoch: number, state: ProgressState, attempt: number, now: string, error?: string): { rec: IngestRecord, verdict: ProgressVerdict } {
   if (rec.phase === 'received') throw new WrongStateError(`progress ${rec.cid}`, ['placed', 'released'], rec.phase)
   if (epoch !== rec.epoch) {
+    // Only the owner of that earlier epoch can have completed a duplicate run; anyone else is not the owner.
+    if (epoch > rec.epoch || rec.pastOwners?.[epoch - 1] !== peer) return { rec, verdict: 'not-owner' }
     if (state === 'processed') return { rec: { ...rec, staleCompletions: (rec.staleCompletions ?? 0) + 1 }, verdict: 'stale-epoch' }
     return { rec, verdict: 'stale-epoch' }
   }
