@@ -27,6 +27,14 @@ export function prng (seed: number): () => number {
   }
 }
 
+/** `length` bytes from the seeded PRNG: small deterministic inputs for unit tests (payload() is faster for MiBs). */
+export function pseudoRandomBytes (length: number, seed: number): Uint8Array {
+  const rand = prng(seed)
+  const out = new Uint8Array(length)
+  for (let i = 0; i < length; i++) out[i] = Math.floor(rand() * 256)
+  return out
+}
+
 export function payload (seed: number, index: number, size: number): Buffer {
   const key = createHash('sha256').update(`filemesh-${seed}-${index}`).digest()
   const cipher = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32))

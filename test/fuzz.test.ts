@@ -22,6 +22,7 @@ import { BLOCK_BYTES_MAX, BLOCK_FRAME_BYTES_MAX, CONTROL_MESSAGE_BYTES_MAX, GOSS
 import { MessageError, decodeControlReply, decodeControlRequest, decodeGossip, encodeMessage } from '../protocols/messages.ts'
 import { UNNAMED, sanitizeName, utf8Bytes } from '../protocols/names.ts'
 import { DagError, buildFileDag, decodeFileNode } from '../protocols/unixfs.ts'
+import { prng } from '../sim/workload.ts'
 
 const ITERATIONS = parseCount(process.env.FILEMESH_FUZZ_ITERATIONS) ?? 100_000
 const SEED = parseCount(process.env.FILEMESH_FUZZ_SEED) ?? (Math.floor(Math.random() * 2 ** 31) >>> 0)
@@ -36,17 +37,10 @@ function parseCount (s: string | undefined): number | undefined {
 
 // ---- seeded randomness ------------------------------------------------------------------------------
 
-/** mulberry32: small, fast, good enough to drive a fuzzer, fully determined by its seed. */
+/** The project's seeded PRNG (mulberry32) with helpers to drive a fuzzer, fully determined by its seed. */
 class Rng {
-  #s: number
-  constructor (seed: number) { this.#s = seed >>> 0 }
-  next (): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0
-    let t = this.#s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
+  readonly next: () => number
+  constructor (seed: number) { this.next = prng(seed) }
 
   int (n: number): number { return Math.floor(this.next() * n) }
   bool (p = 0.5): boolean { return this.next() < p }

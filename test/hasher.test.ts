@@ -17,6 +17,7 @@ import type { FileManifest } from '../node/hasher.ts'
 import { rawLeafCid, verifyBlock } from '../protocols/cid-policy.ts'
 import { MiB } from '../protocols/limits.ts'
 import { resolveLeaves } from '../protocols/unixfs.ts'
+import { pseudoRandomBytes } from '../sim/workload.ts'
 
 let dir: string
 
@@ -28,19 +29,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-/** Deterministic bytes (mulberry32), so a failure reproduces. */
-function pseudoRandomBytes (length: number, seed: number): Uint8Array {
-  const out = new Uint8Array(length)
-  let a = seed >>> 0
-  for (let i = 0; i < length; i++) {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    out[i] = ((t ^ (t >>> 14)) >>> 0) & 0xff
-  }
-  return out
-}
 
 async function importerRoot (bytes: Uint8Array, shape: { chunkBytes?: number, maxLinks?: number } = {}): Promise<CID> {
   const blockstore = { put: async (cid: CID) => cid }

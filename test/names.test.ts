@@ -3,19 +3,8 @@
 import * as path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { FILE_NAME_BYTES_MAX, SANITIZED_NAME_BYTES_MAX } from '../protocols/limits.ts'
+import { prng } from '../sim/workload.ts'
 import { COLLISION_TAG_CHARS, collisionName, isSanitizedName, sanitizeName, truncateUtf8, UNNAMED, utf8Bytes } from '../protocols/names.ts'
-
-/** mulberry32: small seeded PRNG so every failure is reproducible from its seed. */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const HOSTILE_PIECES = [
   '/', '\\', '.', '..', '../', '..\\', '\0', '\n', '\r', '\t', '\x1b[31m', '\x7f', '\x85', '\x9b',

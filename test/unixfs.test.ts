@@ -21,23 +21,11 @@ import {
 import { BLOCK_BYTES, BLOCK_BYTES_MAX, DAG_MAX_LINKS, MiB } from '../protocols/limits.ts'
 import { buildFileDag, DagError, decodeFileNode, EMPTY_FILE_CID, resolveLeaves } from '../protocols/unixfs.ts'
 import type { DagNode, Leaf } from '../protocols/unixfs.ts'
+import { pseudoRandomBytes } from '../sim/workload.ts'
 
 const EMPTY_CID_STRING = 'bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku'
 const V0_CID_STRING = 'QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n'
 
-/** Deterministic bytes (mulberry32), so a failure reproduces. */
-function pseudoRandomBytes (length: number, seed: number): Uint8Array {
-  const out = new Uint8Array(length)
-  let a = seed >>> 0
-  for (let i = 0; i < length; i++) {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    out[i] = ((t ^ (t >>> 14)) >>> 0) & 0xff
-  }
-  return out
-}
 
 /** Leaves of `bytes` cut every `chunkBytes`, the way the hasher cuts them (one empty leaf for no bytes). */
 function leavesOf (bytes: Uint8Array, chunkBytes: number): Leaf[] {
