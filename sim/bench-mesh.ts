@@ -46,6 +46,10 @@ export interface BatchResult {
   /** Wall clock when the last file had both receipts (from the ingest's log). */
   lastDoneMs: number
   elapsedMs: number
+  /** From the first drop until the ingest had received (claimed, hashed, recorded) the last file. */
+  intakeMs: number
+  /** Per file, from received by the ingest to both receipts recorded. */
+  receivedToDoneMs: number[]
 }
 
 export interface SingleResult {
@@ -124,7 +128,16 @@ export class MeshBench {
       await dropLikeRsync(inbox, f.name, fileBytes(f))
     }
     const lastDoneMs = await this.#waitDone(files, what)
-    return { files: files.length, bytes: files.reduce((n, f) => n + f.size, 0), startedMs, lastDoneMs, elapsedMs: lastDoneMs - startedMs }
+    let lastReceivedMs = startedMs
+    const receivedToDoneMs: number[] = []
+    for (const f of files) {
+      const t = this.#logTail.byName(f.name)
+      const done = this.#logTail.doneMs(f.name)
+      if (t?.receivedMs == null || done == null) continue
+      lastReceivedMs = Math.max(lastReceivedMs, t.receivedMs)
+      receivedToDoneMs.push(done - t.receivedMs)
+    }
+    return { files: files.length, bytes: files.reduce((n, f) => n + f.size, 0), startedMs, lastDoneMs, elapsedMs: lastDoneMs - startedMs, intakeMs: lastReceivedMs - startedMs, receivedToDoneMs }
   }
 
   /** Drops one file and waits for both receipts; latency counts from the rename into the inbox. */

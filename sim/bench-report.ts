@@ -5,6 +5,15 @@
 
 export type NodeFigures = Record<'ingest' | 'processor' | 'backup', number | null>
 
+export interface PhaseRecord {
+  seconds: number
+  /** 1-minute load average when the phase started and ended: other work on the machine skews every figure. */
+  loadAtStart: number
+  loadAtEnd: number
+  /** Each daemon's peak RSS (VmHWM) at the end of a mesh phase. */
+  peakRssMiB?: NodeFigures
+}
+
 export interface BenchFigures {
   mode: 'quick' | 'full'
   files: number
@@ -17,6 +26,10 @@ export interface BenchFigures {
   /** Payload MB/s (1e6 bytes) from the first drop to the last file with both durable receipts. */
   e2eMBps: number | null
   e2eSeconds?: number
+  /** When the ingest had received (claimed, hashed, recorded) the last file, from the first drop. */
+  e2eIntakeSeconds?: number
+  /** Median per file from received by the ingest to both receipts recorded. */
+  e2eReceivedToReceiptsP50Ms?: number | null
   /** The same files pushed by two concurrent rsync --fsync to two rsync daemons on loopback. */
   rsyncMBps: number | null
   rsync?: string
@@ -33,7 +46,14 @@ export interface BenchFigures {
   /** Block bytes the processor and backup served to each other / payload bytes. */
   peerEgressRatio?: number
   e2eCpuSeconds?: NodeFigures
+  /** CPUs of the whole machine busy on average during the end-to-end run (all processes, kernel included). */
+  e2eMachineBusyCores?: number
+  smallMachineBusyCores?: number
+  smallCpuSeconds?: NodeFigures
   smallFilesPerSec: number | null
+  /** Files per second the ingest received (claimed, hashed, recorded), first drop to last received. */
+  smallIntakeFilesPerSec?: number
+  smallReceivedToReceiptsP50Ms?: number | null
   rsyncSmallFilesPerSec: number | null
   smallVsRsync: number | null
   latencyP50Ms: number | null
@@ -49,12 +69,26 @@ export interface BenchFigures {
   rssMiB?: NodeFigures
   /** Resident set size of each daemon right after it started (before any file). */
   rssAtStartMiB?: NodeFigures
+  /** Resident set size of each daemon at the end, idle after the last phase. */
+  rssAtEndMiB?: NodeFigures
   /** Every file archived byte-identical and processed exactly once on the right bytes (null: no mesh phase ran). */
   verified: boolean | null
   verifiedFiles?: number
   cpus: number
   loadAvg1m: number
   node: string
+  phases: Record<string, PhaseRecord>
+}
+
+/** Nearest-rank percentile of `values` (p in 0..100). */
+export function percentile (values: number[], p: number): number | null {
+  if (values.length === 0) return null
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] as number
+}
+
+export function ratio (a: number | null, b: number | null): number | null {
+  return a == null || b == null || b === 0 ? null : a / b
 }
 
 const fmt = (v: number | null | undefined, digits = 1, unit = ''): string => v == null ? '-' : `${v.toFixed(digits)}${unit}`
@@ -85,10 +119,13 @@ export function renderTable (f: BenchFigures): string {
   const b = f.latencyP50BreakdownMs
   const notes = [
     `latency p50 by step: ${b == null ? '-' : `inbox -> received (detect, claim, hash) ${fmt(b.inboxToReceived, 0, ' ms')}, received -> placed ${fmt(b.receivedToPlaced, 0, ' ms')}, placed -> both receipts ${fmt(b.placedToBothReceipts, 0, ' ms')}`}`,
-    `end-to-end CPU seconds: ${perNode(f.e2eCpuSeconds, 1)} (in ${fmt(f.e2eSeconds, 1, ' s')})`,
-    `peak RSS MiB: ${perNode(f.rssMiB, 0)} (RSS after start: ${perNode(f.rssAtStartMiB, 0)})`,
+    `end to end: ingest received the last file after ${fmt(f.e2eIntakeSeconds, 1, ' s')} of ${fmt(f.e2eSeconds, 1, ' s')}; received -> both receipts p50 ${fmt(f.e2eReceivedToReceiptsP50Ms, 0, ' ms')} per file`,
+    `end-to-end CPU seconds: ${perNode(f.e2eCpuSeconds, 1)}; machine busy ${fmt(f.e2eMachineBusyCores, 2)} of ${f.cpus} CPUs`,
+    `small files: ingest intake ${fmt(f.smallIntakeFilesPerSec, 0, ' files/s')}; received -> both receipts p50 ${fmt(f.smallReceivedToReceiptsP50Ms, 0, ' ms')} per file; CPU seconds ${perNode(f.smallCpuSeconds, 1)}; machine busy ${fmt(f.smallMachineBusyCores, 2)} of ${f.cpus} CPUs`,
+    `peak RSS MiB: ${perNode(f.rssMiB, 0)} (RSS after start: ${perNode(f.rssAtStartMiB, 0)}; at the end: ${perNode(f.rssAtEndMiB, 0)})`,
     `rsync: ${f.rsync ?? f.rsyncSkipped ?? 'not run'}${f.rsyncFsync === false ? ' (no --fsync: sync after the push, timed)' : ''}`,
     `verified: ${f.verified == null ? 'no mesh phase ran' : f.verified ? `yes, ${f.verifiedFiles ?? 0} files byte-identical in the archive and processed exactly once` : 'NO (see the errors above)'}`,
+    `phases: ${Object.entries(f.phases).map(([name, p]) => `${name} ${p.seconds.toFixed(1)} s (load ${p.loadAtStart.toFixed(1)} -> ${p.loadAtEnd.toFixed(1)}${p.peakRssMiB != null ? `, peak RSS ${perNode(p.peakRssMiB, 0)}` : ''})`).join('; ')}`,
     `machine: ${f.cpus} CPUs, load ${f.loadAvg1m.toFixed(2)} at start, Node ${f.node}; MB = 1e6 bytes`
   ]
   return [`filemesh bench (${f.mode})`, ...lines, '', ...notes].join('\n')

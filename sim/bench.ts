@@ -14,24 +14,26 @@
  *                 [--latency-runs N] [--latency-mib N] [--stream-mib N] [--only e2e,small,latency,rsync,stream]
  *                 [--cpu-prof DIR] [--no-install] [--keep] [--timeout-s N]
  */
-import { execFile } from 'node:child_process'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { parseArgs, promisify } from 'node:util'
-import { MeshBench, makeFiles, fileBytes, BENCH_NODES } from './bench-mesh.ts'
-import type { BenchFile, BenchNode } from './bench-mesh.ts'
+import { parseArgs } from 'node:util'
+import { MeshBench, makeFiles, BENCH_NODES } from './bench-mesh.ts'
+import type { BenchNode } from './bench-mesh.ts'
 import { formatProfileSummary, summarizeCpuProfile } from './cpu-profile.ts'
 import { ensureRsync, RsyncFanOut } from './rsync-fanout.ts'
 import { measureStreamLimit } from './stream-limit.ts'
-import { renderTable } from './bench-report.ts'
-import type { BenchFigures } from './bench-report.ts'
+import { pushBatch, pushEach, syncDisks } from './bench-rsync.ts'
+import { busyCores, machineCpuTimes } from './proc-stats.ts'
+import { startWatchdog } from './watchdog.ts'
+import { percentile, ratio, renderTable } from './bench-report.ts'
+import type { BenchFigures, PhaseRecord } from './bench-report.ts'
 
 const KiB = 1024
 const MiB = 1024 * KiB
 const PHASES = ['stream', 'rsync', 'e2e', 'small', 'latency'] as const
 type Phase = typeof PHASES[number]
-export const BROADCAST_NOT_BUILT = 'broadcast channels not implemented yet'
+const BROADCAST_NOT_BUILT = 'broadcast channels not implemented yet'
 
 const { values: opts } = parseArgs({
   options: {
@@ -85,9 +87,10 @@ const only = new Set<Phase>(opts.only == null ? PHASES : opts.only.split(',').ma
 }))
 const meshPhases = (['e2e', 'small', 'latency'] as const).filter((p) => only.has(p))
 const say = (s: string): void => { process.stderr.write(s + '\n') }
-const run = promisify(execFile)
 
 const root = await fs.mkdtemp(path.join(os.tmpdir(), 'filemesh-bench-'))
+// If this process is killed without a chance to clean up, the watchdog stops the daemons and removes root.
+const watchdog = startWatchdog(root)
 const cpuProfDir = opts['cpu-prof'] != null ? path.resolve(opts['cpu-prof']) : undefined
 let mesh: MeshBench | undefined
 let rsync: RsyncFanOut | undefined
@@ -100,6 +103,7 @@ async function cleanup (): Promise<void> {
     await mesh?.stop().catch(() => {})
     if (opts.keep) say(`kept ${root}`)
     else await fs.rm(root, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 })
+    watchdog.stop()
   })()
   await cleaning
 }
@@ -112,22 +116,16 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   })
 }
 
-/** Nearest-rank percentile of `values` (p in 0..100). */
-function percentile (values: number[], p: number): number | null {
-  if (values.length === 0) return null
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] as number
-}
-
-function ratio (a: number | null, b: number | null): number | null {
-  return a == null || b == null || b === 0 ? null : a / b
-}
-
 const MBps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
 
-async function dropCaches (): Promise<void> {
-  // Flush dirty pages so one phase's writeback does not land in the next phase's timing.
-  await run('sync').catch(() => {})
+/** Runs one phase and records its wall time, the load average around it and (mesh phases) the daemons' peak RSS. */
+async function phase (f: BenchFigures, name: string, fn: () => Promise<void>): Promise<void> {
+  const loadAtStart = os.loadavg()[0] ?? 0
+  const started = performance.now()
+  await fn()
+  const rec: PhaseRecord = { seconds: (performance.now() - started) / 1000, loadAtStart, loadAtEnd: os.loadavg()[0] ?? 0 }
+  if (mesh != null && ['e2e', 'small', 'latency'].includes(name)) rec.peakRssMiB = await mesh.peakRssMiB()
+  f.phases[name] = rec
 }
 
 async function streamPhase (f: BenchFigures): Promise<void> {
@@ -136,27 +134,6 @@ async function streamPhase (f: BenchFigures): Promise<void> {
   f.streamLimitMBps = two.MBps
   const one = await measureStreamLimit({ totalBytes: cfg.streamBytes, receiverInWorker: false })
   f.streamLimitOneThreadMBps = one.MBps
-}
-
-/** Writes the same files the mesh gets as rsync's sources; returns their paths. */
-async function writeSources (dir: string, files: BenchFile[]): Promise<string[]> {
-  await fs.mkdir(dir, { recursive: true })
-  const out: string[] = []
-  for (const file of files) {
-    const p = path.join(dir, file.name)
-    await fs.writeFile(p, fileBytes(file))
-    out.push(p)
-  }
-  return out
-}
-
-async function checkPushed (dirs: string[], sub: string, count: number, bytes: number): Promise<void> {
-  for (const d of dirs) {
-    const names = await fs.readdir(path.join(d, sub))
-    let total = 0
-    for (const n of names) total += (await fs.stat(path.join(d, sub, n))).size
-    if (names.length !== count || total !== bytes) throw new Error(`rsync reference: ${d}/${sub} has ${names.length} files, ${total} bytes; expected ${count}, ${bytes}`)
-  }
 }
 
 async function rsyncPhase (f: BenchFigures): Promise<void> {
@@ -169,83 +146,87 @@ async function rsyncPhase (f: BenchFigures): Promise<void> {
   f.rsync = `${avail.rsync.version}${avail.installed ? ' (installed by the bench)' : ''}`
   f.rsyncFsync = avail.rsync.fsync
   if (!avail.rsync.fsync) say(`${avail.rsync.version} has no --fsync: pushing without it and running sync inside the timed section`)
-  const dir = path.join(root, 'rsync')
-  rsync = new RsyncFanOut(avail.rsync, dir)
+  const fanOut = new RsyncFanOut(avail.rsync, path.join(root, 'rsync'))
+  rsync = fanOut
   try {
     interrupt.signal.throwIfAborted()
-    await rsync.start(2)
+    await fanOut.start(2)
     if (only.has('e2e') && cfg.files > 0) {
-      const files = makeFiles('e2e', 1, cfg.files, cfg.fileBytes)
-      const src = path.join(dir, 'src-e2e')
-      await writeSources(src, files)
-      await dropCaches()
       say(`rsync fan-out: ${cfg.files} × ${cfg.fileBytes / MiB} MiB to 2 daemons at once`)
-      const ms = await rsync.push([src + '/'], 'e2e')
-      await checkPushed(rsync.destinations, 'e2e', cfg.files, cfg.files * cfg.fileBytes)
+      const ms = await pushBatch(fanOut, 'e2e', makeFiles('e2e', 1, cfg.files, cfg.fileBytes))
       f.rsyncMBps = MBps(cfg.files * cfg.fileBytes, ms)
-      await Promise.all([src, ...rsync.destinations.map((d) => path.join(d, 'e2e'))].map(async (p) => { await fs.rm(p, { recursive: true, force: true }) }))
     }
     if (only.has('small') && cfg.smallFiles > 0) {
-      const files = makeFiles('small', 2, cfg.smallFiles, cfg.smallBytes)
-      const src = path.join(dir, 'src-small')
-      await writeSources(src, files)
-      await dropCaches()
       say(`rsync fan-out: ${cfg.smallFiles} × ${cfg.smallBytes / KiB} KiB to 2 daemons at once`)
-      const ms = await rsync.push([src + '/'], 'small')
-      await checkPushed(rsync.destinations, 'small', cfg.smallFiles, cfg.smallFiles * cfg.smallBytes)
+      const ms = await pushBatch(fanOut, 'small', makeFiles('small', 2, cfg.smallFiles, cfg.smallBytes))
       f.rsyncSmallFilesPerSec = cfg.smallFiles / (ms / 1000)
-      await Promise.all([src, ...rsync.destinations.map((d) => path.join(d, 'small'))].map(async (p) => { await fs.rm(p, { recursive: true, force: true }) }))
     }
     if (only.has('latency') && cfg.latencyRuns > 0) {
-      const files = makeFiles('lat', 3, cfg.latencyRuns, cfg.latencyBytes)
-      const src = path.join(dir, 'src-lat')
-      const paths = await writeSources(src, files)
-      await dropCaches()
       say(`rsync fan-out latency: ${cfg.latencyRuns} pushes of one ${cfg.latencyBytes / MiB} MiB file to 2 daemons at once`)
-      const samples: number[] = []
-      for (const p of paths) samples.push(await rsync.push([p], 'lat'))
+      const samples = await pushEach(fanOut, 'lat', makeFiles('lat', 3, cfg.latencyRuns, cfg.latencyBytes))
       f.rsyncLatencyP50Ms = percentile(samples, 50)
       f.rsyncLatencyP99Ms = percentile(samples, 99)
     }
   } finally {
-    await rsync.stop()
+    await fanOut.stop()
     rsync = undefined
-    await fs.rm(dir, { recursive: true, force: true })
+    await fs.rm(fanOut.root, { recursive: true, force: true })
   }
+}
+
+function cpuDelta (before: Record<BenchNode, number | null>, after: Record<BenchNode, number | null>): Record<BenchNode, number | null> {
+  return Object.fromEntries(BENCH_NODES.map((n) => {
+    const a = before[n]
+    const b = after[n]
+    return [n, a == null || b == null ? null : b - a]
+  })) as Record<BenchNode, number | null>
 }
 
 async function meshPhase (f: BenchFigures): Promise<boolean> {
   if (cpuProfDir != null) await fs.mkdir(cpuProfDir, { recursive: true })
-  mesh = new MeshBench({ root, timeoutMs: cfg.timeoutMs, say, signal: interrupt.signal, ...(cpuProfDir != null ? { nodeOptions: `--cpu-prof --cpu-prof-dir=${cpuProfDir}` } : {}) })
+  const m = new MeshBench({ root, timeoutMs: cfg.timeoutMs, say, signal: interrupt.signal, ...(cpuProfDir != null ? { nodeOptions: `--cpu-prof --cpu-prof-dir=${cpuProfDir}` } : {}) })
+  mesh = m
   say('starting 1 ingest + 1 processor + 1 backup daemon')
-  await mesh.start()
-  f.rssAtStartMiB = await mesh.rssMiB()
-  const pids = Object.fromEntries(BENCH_NODES.map((n) => [n, mesh?.daemon(n).info.pid]))
-  if (only.has('e2e') && cfg.files > 0) {
+  await m.start()
+  f.rssAtStartMiB = await m.rssMiB()
+  const pids = Object.fromEntries(BENCH_NODES.map((n) => [n, m.daemon(n).info.pid]))
+  if (only.has('e2e') && cfg.files > 0) await phase(f, 'e2e', async () => {
     const files = makeFiles('e2e', 1, cfg.files, cfg.fileBytes)
-    await dropCaches()
+    await syncDisks()
     say(`end to end: ${cfg.files} × ${cfg.fileBytes / MiB} MiB dropped into the inbox`)
-    const served0 = await mesh.servedBytes()
-    const cpu0 = await mesh.cpuSeconds()
-    const r = await mesh.dropBatch(files, 'end to end')
-    const cpu1 = await mesh.cpuSeconds()
-    const served1 = await mesh.servedBytes()
+    const served0 = await m.servedBytes()
+    const cpu0 = await m.cpuSeconds()
+    const machine0 = await machineCpuTimes()
+    const r = await m.dropBatch(files, 'end to end')
+    const machine1 = await machineCpuTimes()
+    const cpu1 = await m.cpuSeconds()
+    if (machine0 != null && machine1 != null) f.e2eMachineBusyCores = busyCores(machine0, machine1, os.cpus().length)
+    const served1 = await m.servedBytes()
     f.e2eMBps = MBps(r.bytes, r.elapsedMs)
     f.e2eSeconds = r.elapsedMs / 1000
+    f.e2eIntakeSeconds = r.intakeMs / 1000
+    f.e2eReceivedToReceiptsP50Ms = percentile(r.receivedToDoneMs, 50)
     f.landingEgressRatio = (served1.ingest - served0.ingest) / r.bytes
     f.peerEgressRatio = (served1.processor - served0.processor + served1.backup - served0.backup) / r.bytes
-    f.e2eCpuSeconds = Object.fromEntries(BENCH_NODES.map((n) => [n, cpu0[n] == null || cpu1[n] == null ? null : (cpu1[n] as number) - (cpu0[n] as number)])) as Record<BenchNode, number | null>
-    await mesh.waitIdle()
-  }
-  if (only.has('small') && cfg.smallFiles > 0) {
+    f.e2eCpuSeconds = cpuDelta(cpu0, cpu1)
+    await m.waitIdle()
+  })
+  if (only.has('small') && cfg.smallFiles > 0) await phase(f, 'small', async () => {
     const files = makeFiles('small', 2, cfg.smallFiles, cfg.smallBytes)
-    await dropCaches()
+    await syncDisks()
     say(`small files: ${cfg.smallFiles} × ${cfg.smallBytes / KiB} KiB dropped into the inbox`)
-    const r = await mesh.dropBatch(files, 'small files')
+    const cpu0 = await m.cpuSeconds()
+    const machine0 = await machineCpuTimes()
+    const r = await m.dropBatch(files, 'small files')
+    const machine1 = await machineCpuTimes()
+    f.smallCpuSeconds = cpuDelta(cpu0, await m.cpuSeconds())
+    if (machine0 != null && machine1 != null) f.smallMachineBusyCores = busyCores(machine0, machine1, os.cpus().length)
     f.smallFilesPerSec = r.files / (r.elapsedMs / 1000)
-    await mesh.waitIdle()
-  }
-  if (only.has('latency') && cfg.latencyRuns > 0) {
+    f.smallIntakeFilesPerSec = r.files / (r.intakeMs / 1000)
+    f.smallReceivedToReceiptsP50Ms = percentile(r.receivedToDoneMs, 50)
+    await m.waitIdle()
+  })
+  if (only.has('latency') && cfg.latencyRuns > 0) await phase(f, 'latency', async () => {
     const files = makeFiles('lat', 3, cfg.latencyRuns, cfg.latencyBytes)
     say(`latency: ${cfg.latencyRuns} runs of one ${cfg.latencyBytes / MiB} MiB file, drop -> both receipts`)
     const total: number[] = []
@@ -253,27 +234,28 @@ async function meshPhase (f: BenchFigures): Promise<boolean> {
     const place: number[] = []
     const transfer: number[] = []
     for (const file of files) {
-      await dropCaches()
-      const r = await mesh.dropOne(file)
+      await syncDisks()
+      const r = await m.dropOne(file)
       total.push(r.doneMs - r.renamedMs)
       if (r.times.receivedMs != null) detect.push(r.times.receivedMs - r.renamedMs)
       if (r.times.receivedMs != null && r.times.placedMs != null) place.push(r.times.placedMs - r.times.receivedMs)
       if (r.times.placedMs != null) transfer.push(r.doneMs - r.times.placedMs)
-      await mesh.waitIdle()
+      await m.waitIdle()
     }
     f.latencyP50Ms = percentile(total, 50)
     f.latencyP99Ms = percentile(total, 99)
     f.latencyP50BreakdownMs = { inboxToReceived: percentile(detect, 50), receivedToPlaced: percentile(place, 50), placedToBothReceipts: percentile(transfer, 50) }
-  }
-  const rss = await mesh.peakRssMiB()
+  })
+  const rss = await m.peakRssMiB()
   f.rssMiB = rss
+  f.rssAtEndMiB = await m.rssMiB()
   f.maxRssMiB = Math.max(...Object.values(rss).filter((v): v is number => v != null))
-  say(`verifying ${mesh.ledger.length} files against their sources`)
-  const v = await mesh.verify()
+  say(`verifying ${m.ledger.length} files against their sources`)
+  const v = await m.verify()
   f.verified = v.ok
   f.verifiedFiles = v.report.archivedOk
   for (const p of v.problems) say(`VERIFY FAILED: ${p}`)
-  await mesh.stop()
+  await m.stop()
   if (cpuProfDir != null) {
     for (const name of await fs.readdir(cpuProfDir)) {
       const node = BENCH_NODES.find((n) => name.includes(`.${String(pids[n])}.`))
@@ -295,12 +277,12 @@ async function main (): Promise<number> {
     latencyP50Ms: null, latencyP99Ms: null, rsyncLatencyP50Ms: null, rsyncLatencyP99Ms: null, latencyP50VsRsync: null,
     broadcastSeconds: null, publisherEgressRatio: null, broadcastReason: BROADCAST_NOT_BUILT,
     maxRssMiB: null, verified: null,
-    cpus: os.cpus().length, loadAvg1m: os.loadavg()[0] ?? 0, node: process.version
+    cpus: os.cpus().length, loadAvg1m: os.loadavg()[0] ?? 0, node: process.version, phases: {}
   }
   say(`filemesh bench (${f.mode}) in ${root}; ${f.cpus} CPUs, load ${f.loadAvg1m.toFixed(2)}`)
-  if (only.has('stream')) await streamPhase(f)
+  if (only.has('stream')) await phase(f, 'stream', async () => { await streamPhase(f) })
   interrupt.signal.throwIfAborted()
-  if (only.has('rsync')) await rsyncPhase(f)
+  if (only.has('rsync')) await phase(f, 'rsync', async () => { await rsyncPhase(f) })
   interrupt.signal.throwIfAborted()
   let ok = true
   if (meshPhases.length > 0) ok = await meshPhase(f)

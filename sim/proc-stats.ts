@@ -43,3 +43,29 @@ export async function cpuSeconds (pid: number): Promise<number | undefined> {
   const stime = Number(fields[12])
   return Number.isFinite(utime) && Number.isFinite(stime) ? (utime + stime) / CLOCK_TICKS_PER_SECOND : undefined
 }
+
+export interface MachineCpuTimes {
+  /** Clock ticks spent running anything (user, nice, system, irq, softirq), summed over all CPUs. */
+  busy: number
+  /** All clock ticks, idle and iowait and steal included. */
+  total: number
+}
+
+/** The machine's CPU time counters (first line of /proc/stat), or undefined off Linux. */
+export async function machineCpuTimes (): Promise<MachineCpuTimes | undefined> {
+  let text: string
+  try {
+    text = await fs.readFile('/proc/stat', 'utf8')
+  } catch {
+    return undefined
+  }
+  const f = (/^cpu\s+(.*)$/m.exec(text)?.[1] ?? '').trim().split(/\s+/).map(Number)
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = f
+  return { busy: user + nice + system + irq + softirq, total: user + nice + system + idle + iowait + irq + softirq + steal }
+}
+
+/** How many CPUs were busy on average between two samples (0..number of CPUs). */
+export function busyCores (before: MachineCpuTimes, after: MachineCpuTimes, cpus: number): number {
+  const total = after.total - before.total
+  return total > 0 ? (after.busy - before.busy) / total * cpus : 0
+}
