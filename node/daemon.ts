@@ -328,6 +328,7 @@ export class Daemon {
       ...(this.inboxDir != null ? { inbox: this.inboxDir } : {}),
       ...(this.archiveDir != null ? { archive: this.archiveDir } : {}),
       uptimeMs: Math.round(now - this.#startedMs),
+      memory: (({ rss, heapUsed, external, arrayBuffers }) => ({ rss, heapUsed, external, arrayBuffers }))(process.memoryUsage()),
       members: (this.#members?.view.live() ?? []).map((m) => memberStatus(m, now)),
       ...fileStatus,
       transfer: { served: this.#blockServer?.stats(), fetched: this.#blockClient?.stats() },

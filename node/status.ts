@@ -54,6 +54,8 @@ export interface NodeStatus {
   inbox?: string
   archive?: string
   uptimeMs: number
+  /** This process's memory (bytes), to tell a leak (heapUsed, arrayBuffers grow) from memory kept by the runtime. */
+  memory: { rss: number, heapUsed: number, external: number, arrayBuffers: number }
   members: StatusMember[]
   /** Files this node accepted and coordinates (ingest role). */
   files: FileCounts
