@@ -45,6 +45,12 @@ export interface BlockServerComponents {
 
 export interface BlockServerInit {
   source: BlockSource
+  /**
+   * The source re-hashes every block against its CID right before returning it (the daemon's LocalBlocks
+   * does, and reports the corrupt file): the server then skips its own second hash on this hot path.
+   * Default false: bytes from any other source are verified here before they are sent.
+   */
+  sourceVerifies?: boolean
   /** Inbound block streams per connection. */
   maxInboundStreams?: number
   /** Requests answered concurrently per stream (W). */
@@ -101,6 +107,7 @@ function isBadLength (err: unknown): boolean {
 export class BlockServer {
   readonly #node: BlockServerComponents['node']
   readonly #source: BlockSource
+  readonly #sourceVerifies: boolean
   readonly #maxInboundStreams: number
   readonly #window: number
   readonly #timeoutMs: number
@@ -122,6 +129,7 @@ export class BlockServer {
   constructor (components: BlockServerComponents, init: BlockServerInit) {
     this.#node = components.node
     this.#source = init.source
+    this.#sourceVerifies = init.sourceVerifies === true
     this.#maxInboundStreams = init.maxInboundStreams ?? BLOCK_STREAMS_INBOUND_MAX
     this.#window = Math.max(1, init.windowRequests ?? DEFAULT_BLOCK_SERVER_WINDOW_REQUESTS)
     this.#timeoutMs = init.requestTimeoutMs ?? BLOCK_REQUEST_TIMEOUT_MS
@@ -334,7 +342,7 @@ export class BlockServer {
       return { status: 'not-found' }
     }
     try {
-      verifyBlock(cid, bytes)
+      if (!this.#sourceVerifies) verifyBlock(cid, bytes)
     } catch (err) {
       if (!(err instanceof BlockMismatchError)) throw err
       this.#corruptWithheld++

@@ -20,7 +20,7 @@ import { LocalBlocks } from './block-store.ts'
 import { ControlChannel, refuse } from './control.ts'
 import { ensureDir, writeFileDurable } from './fsutil.ts'
 import { HolderService } from './holder.ts'
-import { InboxWatcher } from './inbox.ts'
+import { InboxWatcher, isIgnoredName, isSidecarName } from './inbox.ts'
 import { IngestService } from './ingest.ts'
 import { createLogger } from './log.ts'
 import { createMeshNode, loadOrCreateIdentity } from './mesh.ts'
@@ -154,7 +154,7 @@ export class Daemon {
     this.#members = new MembershipService(node, { nowMs: () => performance.now() }, log.child('members'), { roles: cfg.roles, weight: cfg.weight, heartbeatIntervalMs: cfg.heartbeatIntervalMs, isAllowed: (id) => this.#gate?.isAllowed(id) ?? true })
     this.#control = new ControlChannel(node, log.child('control'))
     const local = new LocalBlocks(store, log.child('blocks'))
-    this.#blockServer = new BlockServer({ node }, { source: local })
+    this.#blockServer = new BlockServer({ node }, { source: local, sourceVerifies: true })
     await this.#blockServer.start()
     const client = new BlockClient({ node })
     this.#blockClient = client
@@ -281,9 +281,7 @@ export class Daemon {
       this.#draining = true
       this.#log.warn('draining: no new work will be taken; run `filemesh drain` to see when this node is safe to remove')
       this.#members?.setDraining(true)
-      this.#holder?.setDraining(true)
-      await this.#inbox?.stop()
-      this.#inbox = undefined
+      await this.quiesce()
     }
     return await this.drainStatus()
   }
@@ -295,7 +293,7 @@ export class Daemon {
     const holder = []
     for await (const rec of store.holderRecords()) holder.push(rec)
     let inboxFiles = 0
-    if (this.inboxDir != null) inboxFiles = (await fs.readdir(this.inboxDir).catch(() => [])).filter((n) => !n.startsWith('.') && !/\.(part|filepart|tmp|sha256|size)$/i.test(n)).length
+    if (this.inboxDir != null) inboxFiles = (await fs.readdir(this.inboxDir).catch(() => [])).filter((n) => !isIgnoredName(n) && !isSidecarName(n)).length
     return drainReport({ draining: this.#draining, roles: this.config.roles, ingest, holder, inboxFiles })
   }
 
