@@ -8,23 +8,30 @@
  * filling memory. Every block is verified against its CID before anyone sees it.
  *
  * `fetchLeavesToFile` spreads a file's leaves over several sources pulling from one work list
- * (BlockWorkList below): a block that fails from one source goes back to the list for the
- * others, and the fetch gives up only when every source has failed that block.
+ * (node/block-work-list.ts): a block that fails from one source goes back to the list for the
+ * others, and the fetch gives up only when every source has failed that block. In a swarm transfer
+ * (node/swarm.ts) each leaf has a preferred source, which alone is asked for it until it fails it.
  */
 import { lpStream } from '@libp2p/utils'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
 import type { FileHandle } from 'node:fs/promises'
-import { assertAcceptedCid, verifyBlock } from '../protocols/cid-policy.ts'
+import { verifyBlock } from '../protocols/cid-policy.ts'
 import { BLOCKS_PROTOCOL } from '../protocols/ids.ts'
-import { BLOCK_BYTES_MAX, BLOCK_FRAME_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS, BLOCK_REQUESTS_IN_FLIGHT_MAX } from '../protocols/limits.ts'
+import { BLOCK_FRAME_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS, BLOCK_REQUESTS_IN_FLIGHT_MAX } from '../protocols/limits.ts'
 import { decodeBlockResponse, encodeBlockRequest, FrameError } from '../protocols/blocks.ts'
 import type { BlockResponse } from '../protocols/blocks.ts'
 import { createLogger } from './log.ts'
 import type { Logger } from './log.ts'
+import { BlockWorkList, DEFAULT_PREFERRED_SOURCE_PATIENCE_MS, DEFAULT_PREFERRED_SOURCE_RETRY_MS } from './block-work-list.ts'
+import type { BlockWorkItem, LeafRange } from './block-work-list.ts'
+import { preferredSource, probePartner } from './swarm.ts'
+import type { SwarmShare } from './swarm.ts'
 
 export { BlockMismatchError } from '../protocols/cid-policy.ts'
+export { BlocksUnavailableError } from './block-work-list.ts'
+export type { LeafRange } from './block-work-list.ts'
 
 /** The peer answered NOT_FOUND. */
 export class BlockNotFoundError extends Error {
@@ -62,19 +69,6 @@ export class BlockTimeoutError extends Error {
   }
 }
 
-/** Some block failed from every source of a file fetch. `failures` maps each peer to why. */
-export class BlocksUnavailableError extends Error {
-  override name = 'BlocksUnavailableError'
-  readonly cid: CID
-  readonly failures: Record<string, string>
-  constructor (cid: CID, failures: Record<string, string>) {
-    const why = Object.entries(failures).map(([peer, reason]) => `${peer}: ${reason}`).join('; ')
-    super(`block ${cid.toString()} is unavailable from every source (${why === '' ? 'no sources' : why})`)
-    this.cid = cid
-    this.failures = failures
-  }
-}
-
 /** The peer cannot be reached, or its stream closed or broke the protocol before answering. */
 export class BlockPeerGoneError extends Error {
   override name = 'BlockPeerGoneError'
@@ -97,19 +91,15 @@ export interface BlockClientInit {
   requestTimeoutMs?: number
   /** Consecutive stream failures (dial, reset, timeout) after which a source is dropped from a file fetch. */
   sourceFailuresMax?: number
+  /** Swarm: how long a partner may answer only NOT_FOUND for its share (not started yet) before the landing node is asked. */
+  preferredSourcePatienceMs?: number
+  /** Swarm: delay before a partner is asked again for a block of its share it did not have. */
+  preferredSourceRetryMs?: number
   logger?: Logger
 }
 
 export interface BlockFetchOptions {
   signal?: AbortSignal
-}
-
-export interface LeafRange {
-  cid: CID
-  /** Byte offset of the leaf in the file. */
-  offset: number
-  /** Leaf length in bytes (its CID fixes the content, so a mismatch is a bug in the caller's leaf table). */
-  length: number
 }
 
 export interface FetchLeavesInit {
@@ -118,6 +108,19 @@ export interface FetchLeavesInit {
   fileHandle: FileHandle
   signal?: AbortSignal
   onProgress?: (bytesDone: number, bytesTotal: number) => void
+  /**
+   * This fetcher's share of a swarm transfer (node/swarm.ts): each distinct leaf is asked first from
+   * `preferredSource(swarm, ordinal)`, and from the other sources only once that one failed it or was
+   * dropped. Preferred sources not among `sources` are ignored. Without it every source takes any leaf.
+   */
+  swarm?: SwarmShare
+  /** Called once a leaf is verified and written at every offset it appears at (with its first range). */
+  onWritten?: (leaf: LeafRange) => void
+}
+
+export interface FetchLeavesResult {
+  /** Verified leaf bytes received from each source (each distinct leaf counted once). */
+  bytesBySource: Record<string, number>
 }
 
 export interface BlockClientPeerStats { bytesReceived: number, blocks: number }
@@ -138,6 +141,8 @@ export class BlockClient {
   readonly #window: number
   readonly #timeoutMs: number
   readonly #sourceFailuresMax: number
+  readonly #patienceMs: number
+  readonly #retryMs: number
   readonly #log: Logger
   readonly #byPeer = new Map<string, BlockClientPeerStats>()
   #bytesReceived = 0
@@ -149,6 +154,8 @@ export class BlockClient {
     this.#window = Math.max(1, init.requestsInFlightMax ?? BLOCK_REQUESTS_IN_FLIGHT_MAX)
     this.#timeoutMs = init.requestTimeoutMs ?? BLOCK_REQUEST_TIMEOUT_MS
     this.#sourceFailuresMax = Math.max(1, init.sourceFailuresMax ?? DEFAULT_SOURCE_FAILURES_MAX)
+    this.#patienceMs = init.preferredSourcePatienceMs ?? DEFAULT_PREFERRED_SOURCE_PATIENCE_MS
+    this.#retryMs = init.preferredSourceRetryMs ?? DEFAULT_PREFERRED_SOURCE_RETRY_MS
     this.#log = init.logger ?? createLogger('block-client')
   }
 
@@ -201,13 +208,25 @@ export class BlockClient {
    * having failed every block), the abort reason on abort, and the write error if a write fails.
    * Throws CidRejectedError/RangeError at once for a leaf table that breaks the CID policy or the limits.
    */
-  async fetchLeavesToFile (init: FetchLeavesInit): Promise<void> {
+  async fetchLeavesToFile (init: FetchLeavesInit): Promise<FetchLeavesResult> {
     const sources = [...new Map(init.sources.map(p => [p.toString(), p])).values()]
-    const list = new BlockWorkList(init.leaves, sources.map(p => p.toString()), init.signal)
-    if (list.finished) return list.result()
+    const swarm = init.swarm
+    const list = new BlockWorkList({
+      leaves: init.leaves,
+      sources: sources.map(p => p.toString()),
+      signal: init.signal,
+      patienceMs: this.#patienceMs,
+      retryMs: this.#retryMs,
+      ...(swarm != null ? { preferredSource: (ordinal: number) => preferredSource(swarm, ordinal), probe: { source: probePartner(swarm), instead: swarm.landing } } : {})
+    })
+    const bytesBySource: Record<string, number> = {}
+    if (list.finished) {
+      list.result()
+      return { bytesBySource }
+    }
     const bytesTotal = list.bytesTotal
     let bytesDone = 0
-    const write = async (item: BlockWorkItem, bytes: Uint8Array): Promise<void> => {
+    const write = async (item: BlockWorkItem, bytes: Uint8Array, peer: string): Promise<void> => {
       if (bytes.byteLength !== item.length) {
         throw new Error(`leaf table says ${item.length} bytes for ${item.cid.toString()} but its verified block has ${bytes.byteLength}`)
       }
@@ -216,13 +235,18 @@ export class BlockClient {
         bytesDone += bytes.byteLength
         init.onProgress?.(bytesDone, bytesTotal)
       }
+      bytesBySource[peer] = (bytesBySource[peer] ?? 0) + bytes.byteLength
+      init.onWritten?.({ cid: item.cid, offset: item.offsets[0] as number, length: item.length })
     }
+    const started = performance.now()
     await Promise.all(sources.map(async peer => { await this.#pullFrom(peer, list, write) }))
-    return list.result()
+    list.result()
+    if (swarm != null) this.#log.debug('swarm fetch done', { bytes: bytesTotal, ms: Math.round(performance.now() - started), share: `${swarm.index + 1}/${swarm.holders.length}`, ...list.stats(), bytesBySource })
+    return { bytesBySource }
   }
 
   /** One source's loop for fetchLeavesToFile: take work, keep W outstanding, report each outcome to the list. */
-  async #pullFrom (peerId: PeerId, list: BlockWorkList, write: (item: BlockWorkItem, bytes: Uint8Array) => Promise<void>): Promise<void> {
+  async #pullFrom (peerId: PeerId, list: BlockWorkList, write: (item: BlockWorkItem, bytes: Uint8Array, peer: string) => Promise<void>): Promise<void> {
     const peer = peerId.toString()
     const mine: BlockWorkItem[] = [] // in flight on `session`, in request order
     let session: BlockSession | undefined
@@ -258,6 +282,10 @@ export class BlockClient {
           const { response } = await session.next(list.signal)
           failuresInRow = 0
           const item = mine.shift() as BlockWorkItem
+          if (response.status === 'not-found') {
+            list.notFound(item, peer)
+            continue
+          }
           if (response.status !== 'ok') {
             list.fail(item, peer, response.status)
             continue
@@ -268,8 +296,8 @@ export class BlockClient {
             list.fail(item, peer, 'corrupt')
             throw err
           }
-          await write(item, response.bytes).catch((err: unknown) => { list.abort(err); throw err })
-          list.complete(item)
+          await write(item, response.bytes, peer).catch((err: unknown) => { list.abort(err); throw err })
+          list.complete(item, peer)
         } catch (err) {
           list.giveBack(mine.splice(0))
           session?.abort(err)
@@ -411,156 +439,4 @@ function isErrorNamed (err: unknown, name: string): boolean {
 
 function messageOf (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
-}
-
-interface BlockWorkItem {
-  cid: CID
-  length: number
-  /** Every offset the block is written at (a file may repeat a leaf, e.g. runs of zeros). */
-  offsets: number[]
-  /** Sources that answered NOT_FOUND/REFUSED or sent corrupt bytes for it, with the reason. */
-  failedBy: Map<string, string>
-}
-
-/**
- * The shared work of one fetchLeavesToFile: blocks waiting for a source, which sources failed which block,
- * which sources were dropped. An item is exhausted once every source failed it or was dropped; the first
- * exhausted item fails the whole fetch. Workers wait on `changed()` when nothing is left for them.
- */
-class BlockWorkList {
-  readonly bytesTotal: number
-  readonly #pending: BlockWorkItem[] = []
-  readonly #sources: string[]
-  readonly #dropped = new Map<string, string>()
-  readonly #controller = new AbortController()
-  readonly #userSignal: AbortSignal | undefined
-  readonly #onUserAbort = (): void => { this.abort(this.#userSignal?.reason) }
-  #remaining: number
-  #failed = false
-  #failure: unknown
-  #wait: PromiseWithResolvers<void> | undefined
-
-  constructor (leaves: LeafRange[], sources: string[], signal?: AbortSignal) {
-    const byCid = new Map<string, BlockWorkItem>()
-    let bytesTotal = 0
-    for (const leaf of leaves) {
-      if (!Number.isSafeInteger(leaf.offset) || leaf.offset < 0 || !Number.isSafeInteger(leaf.length) || leaf.length < 0 || leaf.length > BLOCK_BYTES_MAX) {
-        throw new RangeError(`bad leaf range offset=${leaf.offset} length=${leaf.length} for ${leaf.cid.toString()}`)
-      }
-      assertAcceptedCid(leaf.cid)
-      const key = leaf.cid.toString()
-      const item = byCid.get(key)
-      if (item == null) {
-        const fresh = { cid: leaf.cid, length: leaf.length, offsets: [leaf.offset], failedBy: new Map<string, string>() }
-        byCid.set(key, fresh)
-        this.#pending.push(fresh)
-      } else if (item.length !== leaf.length) {
-        throw new RangeError(`leaf ${key} appears with lengths ${item.length} and ${leaf.length}`)
-      } else {
-        item.offsets.push(leaf.offset)
-      }
-      bytesTotal += leaf.length
-    }
-    this.bytesTotal = bytesTotal
-    this.#sources = [...new Set(sources)]
-    this.#remaining = this.#pending.length
-    this.#userSignal = signal
-    const first = this.#pending[0]
-    if (signal?.aborted === true) {
-      this.abort(signal.reason)
-    } else if (first != null && this.#sources.length === 0) {
-      this.abort(new BlocksUnavailableError(first.cid, {}))
-    } else if (this.#remaining > 0) {
-      signal?.addEventListener('abort', this.#onUserAbort, { once: true })
-    }
-  }
-
-  /** Aborted when the fetch fails or the caller aborts: every stream operation of the fetch listens to it. */
-  get signal (): AbortSignal {
-    return this.#controller.signal
-  }
-
-  get finished (): boolean {
-    return this.#failed || this.#remaining === 0
-  }
-
-  /** Throws why the fetch failed, if it did. */
-  result (): void {
-    if (this.#failed) throw this.#failure
-  }
-
-  /** Resolves at the next change (work given back, a block done, the fetch finished). */
-  async changed (): Promise<void> {
-    if (this.finished) return
-    this.#wait ??= Promise.withResolvers()
-    await this.#wait.promise
-  }
-
-  hasWorkFor (peer: string): boolean {
-    return this.#pending.some(item => !item.failedBy.has(peer))
-  }
-
-  /** The first waiting block `peer` has not failed yet, now in flight for it. */
-  take (peer: string): BlockWorkItem | undefined {
-    if (this.finished) return undefined
-    const i = this.#pending.findIndex(item => !item.failedBy.has(peer))
-    return i < 0 ? undefined : this.#pending.splice(i, 1)[0]
-  }
-
-  complete (_item: BlockWorkItem): void {
-    this.#remaining--
-    if (this.#remaining === 0) this.#cleanUp()
-    this.#notify()
-  }
-
-  /** `peer` answered `reason` for the block: back to the list for the other sources. */
-  fail (item: BlockWorkItem, peer: string, reason: string): void {
-    item.failedBy.set(peer, reason)
-    this.giveBack([item])
-  }
-
-  /** In-flight blocks whose stream failed: back to the front of the list, unmarked. */
-  giveBack (items: BlockWorkItem[]): void {
-    if (items.length === 0 || this.finished) return
-    this.#pending.unshift(...items)
-    this.#checkExhausted()
-    this.#notify()
-  }
-
-  /** `peer` is not used for the rest of this fetch (dead, or it served corrupt bytes). */
-  dropSource (peer: string, err: unknown): void {
-    this.#dropped.set(peer, messageOf(err))
-    this.#checkExhausted()
-    this.#notify()
-  }
-
-  abort (err: unknown): void {
-    if (this.finished) return
-    this.#failed = true
-    this.#failure = err
-    this.#cleanUp()
-    this.#controller.abort(err)
-    this.#notify()
-  }
-
-  #checkExhausted (): void {
-    for (const item of this.#pending) {
-      if (this.#sources.every(s => item.failedBy.has(s) || this.#dropped.has(s))) {
-        const failures: Record<string, string> = {}
-        for (const s of this.#sources) failures[s] = item.failedBy.get(s) ?? this.#dropped.get(s) ?? 'unknown'
-        this.abort(new BlocksUnavailableError(item.cid, failures))
-        return
-      }
-    }
-  }
-
-  #notify (): void {
-    const wait = this.#wait
-    this.#wait = undefined
-    wait?.resolve()
-  }
-
-  #cleanUp (): void {
-    this.#userSignal?.removeEventListener('abort', this.#onUserAbort)
-  }
 }

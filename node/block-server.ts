@@ -7,6 +7,11 @@
  * Every block is verified against its CID right before it is sent: a corrupt copy is answered NOT_FOUND
  * and logged, never served (invariant I2).
  *
+ * Swarm transfer (node/swarm.ts): a block this node does not have yet but one of its own fetches is about to
+ * write (the source's `waitFor`) is waited for, at most BLOCK_INFLIGHT_WAIT_MS, then served or answered
+ * NOT_FOUND; at most BLOCK_REQUESTS_WAITING_MAX requests wait at once (more are answered at once). A waiting
+ * request holds its place in its stream's order and one of the peer's outstanding slots, but no block.
+ *
  * Per peer (protocols/limits.ts): every stream and every request frame costs a token of the peer's bucket;
  * a peer over its rate gets REFUSED, its stream reset, and every new block stream refused for
  * PEER_PENALTY_MS. It may have BLOCK_STREAMS_PER_PEER_MAX streams open (more: refused and penalised) and
@@ -20,10 +25,10 @@ import type { CID } from 'multiformats/cid'
 import { BlockMismatchError, verifyBlock } from '../protocols/cid-policy.ts'
 import { BLOCKS_PROTOCOL } from '../protocols/ids.ts'
 import {
-  BLOCK_BYTES_MAX, BLOCK_REQUEST_BUFFER_BYTES_MAX, BLOCK_REQUEST_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS,
+  BLOCK_BYTES_MAX, BLOCK_INFLIGHT_WAIT_MS, BLOCK_REQUEST_BUFFER_BYTES_MAX, BLOCK_REQUEST_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS,
   BLOCK_REQUESTS_IN_FLIGHT_MAX, BLOCK_REQUESTS_OUTSTANDING_MAX, BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX,
   BLOCK_REQUESTS_PER_PEER_BURST, BLOCK_REQUESTS_PER_PEER_PER_SEC, BLOCK_STREAMS_INBOUND_MAX, BLOCK_STREAMS_PER_PEER_MAX,
-  PEER_PENALTY_MS, RATE_LIMITED_PEERS_MAX
+  BLOCK_REQUESTS_WAITING_MAX, PEER_PENALTY_MS, RATE_LIMITED_PEERS_MAX
 } from '../protocols/limits.ts'
 import { decodeBlockRequest, encodeBlockResponse, FrameError } from '../protocols/blocks.ts'
 import type { BlockResponse } from '../protocols/blocks.ts'
@@ -36,6 +41,13 @@ import type { PeerRateLimiterStats, RateClock } from './rate-limit.ts'
 export interface BlockSource {
   /** The block's bytes if this node has an intact copy, else undefined. May throw on I/O errors (answered NOT_FOUND). */
   getBlock(cid: CID, options?: { signal?: AbortSignal }): Promise<Uint8Array | undefined>
+  /** True if a fetch of this node is about to write the block. Optional, with waitFor: without them nothing waits. */
+  expects?(cid: CID): boolean
+  /**
+   * Waits at most `ms` for a block this node is about to have: true once getBlock may find it, false on
+   * timeout, abort, or when nothing here expects it any more (then its copy may just have been stored).
+   */
+  waitFor?(cid: CID, ms: number, options?: { signal?: AbortSignal }): Promise<boolean>
 }
 
 export interface BlockServerComponents {
@@ -70,6 +82,10 @@ export interface BlockServerInit {
   outstandingMax?: number
   penaltyMs?: number
   clock?: RateClock
+  /** Longest wait for a block the source expects (default BLOCK_INFLIGHT_WAIT_MS; 0 = never wait). */
+  inflightWaitMs?: number
+  /** Requests waiting for such blocks at once, all peers (default BLOCK_REQUESTS_WAITING_MAX). */
+  waitingMax?: number
 }
 
 export interface BlockPeerStats { bytesSent: number, blocks: number }
@@ -90,6 +106,19 @@ export interface BlockServerStats {
   outstanding: number
   rate: PeerRateLimiterStats
   byPeer: Record<string, BlockPeerStats>
+  /** Requests for blocks a local fetch was about to write (swarm transfer). */
+  inflight: BlockInflightStats
+}
+
+export interface BlockInflightStats {
+  /** Waited for and served. */
+  served: number
+  /** Waited for, then answered NOT_FOUND (not written in time, or the fetch ended without it). */
+  notFound: number
+  /** Answered NOT_FOUND without waiting because BLOCK_REQUESTS_WAITING_MAX requests were waiting. */
+  overLimit: number
+  /** Waiting now. */
+  waiting: number
 }
 
 export const DEFAULT_BLOCK_SERVER_WINDOW_REQUESTS = BLOCK_REQUESTS_IN_FLIGHT_MAX
@@ -125,6 +154,9 @@ export class BlockServer {
   #notFound = 0
   #corruptWithheld = 0
   #refused = 0
+  readonly #inflightWaitMs: number
+  readonly #waitingMax: number
+  readonly #inflight: BlockInflightStats = { served: 0, notFound: 0, overLimit: 0, waiting: 0 }
 
   constructor (components: BlockServerComponents, init: BlockServerInit) {
     this.#node = components.node
@@ -143,6 +175,8 @@ export class BlockServer {
       clock: init.clock
     })
     this.#streamsByPeer = new PeerSlots({ perPeerMax: init.streamsPerPeerMax ?? BLOCK_STREAMS_PER_PEER_MAX })
+    this.#inflightWaitMs = Math.max(0, init.inflightWaitMs ?? BLOCK_INFLIGHT_WAIT_MS)
+    this.#waitingMax = Math.max(0, init.waitingMax ?? BLOCK_REQUESTS_WAITING_MAX)
     this.#outstanding = new PeerSlots({ perPeerMax: init.outstandingPerPeerMax ?? BLOCK_REQUESTS_OUTSTANDING_PER_PEER_MAX, totalMax: init.outstandingMax ?? BLOCK_REQUESTS_OUTSTANDING_MAX })
   }
 
@@ -174,7 +208,8 @@ export class BlockServer {
       tooManyStreams: this.#tooManyStreams,
       outstanding: this.#outstanding.active(),
       rate: this.#limiter.stats(),
-      byPeer: Object.fromEntries([...this.#byPeer].map(([peer, s]) => [peer, { ...s }]))
+      byPeer: Object.fromEntries([...this.#byPeer].map(([peer, s]) => [peer, { ...s }])),
+      inflight: { ...this.#inflight }
     }
   }
 
@@ -329,13 +364,24 @@ export class BlockServer {
     }
     const key = cid.toString()
     let bytes: Uint8Array | undefined
+    let waited = false
     try {
-      bytes = await this.#source.getBlock(cid, { signal: AbortSignal.any([closed, AbortSignal.timeout(this.#timeoutMs)]) })
+      const signal = AbortSignal.any([closed, AbortSignal.timeout(this.#timeoutMs)])
+      bytes = await this.#source.getBlock(cid, { signal })
+      if (bytes == null && await this.#waitForInflight(cid, signal)) {
+        waited = true
+        bytes = await this.#source.getBlock(cid, { signal })
+        if (bytes == null) this.#inflight.notFound++
+        else this.#inflight.served++
+      }
     } catch (err) {
       if (!closed.aborted) this.#log.warn('block lookup failed', { cid: key, peer, err })
       return { status: 'not-found' }
     }
-    if (bytes == null) return { status: 'not-found' }
+    if (bytes == null) {
+      if (waited) this.#log.debug('block expected here did not arrive in time', { cid: key, peer, ms: this.#inflightWaitMs })
+      return { status: 'not-found' }
+    }
     if (bytes.byteLength > BLOCK_BYTES_MAX) {
       this.#corruptWithheld++
       this.#log.error('block source returned an oversized block: not serving it', { cid: key, peer, bytes: bytes.byteLength })
@@ -350,6 +396,27 @@ export class BlockServer {
       return { status: 'not-found' }
     }
     return { status: 'ok', bytes }
+  }
+
+  /**
+   * Waits for a block the source expects, if a waiting slot is free. True if it waited (the caller looks
+   * again whatever the outcome: the fetch may have ended because the file was just stored), false if there
+   * was nothing to wait for.
+   */
+  async #waitForInflight (cid: CID, signal: AbortSignal): Promise<boolean> {
+    const source = this.#source
+    if (source.waitFor == null || source.expects == null || this.#inflightWaitMs === 0 || !source.expects(cid)) return false
+    if (this.#inflight.waiting >= this.#waitingMax) {
+      this.#inflight.overLimit++
+      return false
+    }
+    this.#inflight.waiting++
+    try {
+      await source.waitFor(cid, this.#inflightWaitMs, { signal })
+      return true
+    } finally {
+      this.#inflight.waiting--
+    }
   }
 
   #count (peer: string, response: BlockResponse): void {

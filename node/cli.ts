@@ -3,7 +3,9 @@
  * and files by state), `keygen` (a new swarm key for a private mesh). stdout carries data (CIDs, tables,
  * JSON, keys); logs and messages go to stderr, except the daemon's structured log lines, which go to stdout
  * as a service's log does. SIGHUP makes `run` re-read its peer allowlist.
- * Exit codes: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 78 bad configuration.
+ * `get` fetches a file by its root CID through any node (get.ts). `publish` makes a file the next version of
+ * a broadcast channel through a node run with --publisher (publish.ts, channels.ts).
+ * Exit codes: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 75 try again later, 78 bad configuration.
  */
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -18,7 +20,12 @@ import type { NodeStatus } from './status.ts'
 import type { DrainReport } from './drain.ts'
 import type { ScrubReport } from './scrub.ts'
 import { formatStatus } from './status-format.ts'
+import { GetError, getFile } from './get.ts'
+import type { GetFailure } from './get.ts'
+import { parseCid } from '../protocols/cid-policy.ts'
 import { SecurityConfigError, generateSwarmKey, loadApiToken, parseApiToken, writeSwarmKeyFile } from './security.ts'
+import { PublishError, publishFile } from './publish.ts'
+import type { PublishFailure } from './publish.ts'
 
 export const EXIT_USAGE = 2
 export const EXIT_UNAVAILABLE = 69
@@ -65,6 +72,13 @@ function program (): Command {
     .option('--stop-timeout-ms <ms>', 'on SIGTERM/SIGINT, how long running fetches and processing may take to finish (interrupted work resumes after a restart)', positiveInt('--stop-timeout-ms'), 30_000)
     .option('--reassign-grace-ms <ms>', 'an owner or backup gone this long is replaced by the next in rendezvous order (ingest role)', positiveInt('--reassign-grace-ms'), 15_000)
     .option('--min-free-bytes <n>', 'refuse new files when free space in the work or archive directory would fall below this', positiveInt('--min-free-bytes'), 1024 * 1024 * 1024)
+    .option('--follow <channel>', 'follow a broadcast channel (repeatable): each new version is fetched from the swarm into CHANNELS/NAME/NAME.vN and NAME.current switched to it atomically', collect)
+    .option('--follow-all', 'follow every channel a listed publisher announces')
+    .option('--channel-publishers <file>', 'peer IDs allowed to publish channel versions, one per line (# comments); needed to follow')
+    .option('--publisher', 'allow `filemesh publish` through this node (followers must list its peer ID)')
+    .option('--channels-dir <dir>', 'broadcast channels directory (default DIR/channels)')
+    .option('--channel-keep <n>', 'versions of each channel kept on disk', positiveInt('--channel-keep'), 3)
+    .option('--channel-sync-ms <ms>', 'how often a follower tells the mesh which version it holds (a node knowing a newer one re-announces it)', positiveInt('--channel-sync-ms'), 10_000)
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default(process.env.FILEMESH_LOG_LEVEL ?? 'info'))
     .action(async (opts) => { await runDaemon(opts) })
 
@@ -78,6 +92,27 @@ function program (): Command {
     .action(async (files: string[], opts) => {
       const inbox = await findInbox(opts)
       for await (const added of addFiles(files, { inbox, link: opts.link === true })) process.stdout.write(`${added.cid}\n`)
+    })
+
+  cmd.command('publish')
+    .description('Publish FILE as the next version of a broadcast channel, through a node run with --publisher: the node keeps a copy and announces it; every node following the channel fetches it from the swarm and switches CHANNELS/NAME/NAME.current to it. Prints CHANNEL.vVERSION and the CID.')
+    .argument('<file>', 'the file to publish')
+    .requiredOption('--channel <name>', 'channel name (1-64 of A-Z a-z 0-9 . _ -)')
+    .option('--data <dir>', 'the publishing node\'s state directory')
+    .option('--api <host:port>', 'the publishing node\'s control API')
+    .option('--api-token-file <file>', 'the API token, if the node\'s API needs one (or set FILEMESH_API_TOKEN)')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExit codes: 0 published; 1 refused (not a publisher node) or failed; 2 usage (bad channel name, no such file); 69 the daemon is unreachable; 78 bad token file.\n')
+    .action(async (file: string, opts) => {
+      const api = await apiAddress(opts)
+      const token = await clientToken(opts)
+      try {
+        const r = await publishFile({ api, token, channel: opts.channel, file })
+        process.stdout.write(opts.json === true ? JSON.stringify(r) + '\n' : `${r.channel}.v${r.version} ${r.cid}\n`)
+      } catch (err) {
+        if (err instanceof PublishError) throw new CliError(err.message, PUBLISH_EXIT[err.reason])
+        throw err
+      }
     })
 
   cmd.command('status')
@@ -132,6 +167,18 @@ function program (): Command {
         : `checked ${report.checked} file(s), ${(report.bytes / 1048576).toFixed(1)} MiB in ${(report.ms / 1000).toFixed(1)} s: ${report.corrupt} corrupt, ${report.repaired} repaired${report.unrecoverable.length > 0 ? `, UNRECOVERABLE: ${report.unrecoverable.join(' ')}` : ''}\n`)
       if (report.unrecoverable.length > 0) process.exitCode = 1
     })
+
+  cmd.command('get')
+    .description('Fetch the file whose root CID is CID from whichever live members hold it, through a node that need not hold any of it: pulled from several holders at once, every block verified, the whole file re-hashed to CID. Writes PATH atomically (PATH.part, fsync, rename: never a partial PATH) or stdout; shows a progress bar on stderr when it is a terminal.')
+    .argument('<cid>', 'root CID of the file (CIDv1, raw or dag-pb, sha2-256), as `filemesh add` prints it')
+    .option('-o, --output <path>', 'write to PATH instead of stdout')
+    .option('--force', 'replace PATH if it already exists')
+    .option('--data <dir>', 'the state directory of the node to fetch through')
+    .option('--api <host:port>', 'the control API of the node to fetch through')
+    .option('--api-token-file <file>', 'the API token, if the node\'s API needs one (or set FILEMESH_API_TOKEN)')
+    .option('--timeout-s <s>', 'give up after this many seconds (exit 75); default: no limit', positiveInt('--timeout-s'))
+    .addHelpText('after', '\nExit codes: 0 written and verified; 1 no live member holds CID, or the transfer or the verification failed (nothing is left at PATH); 2 invalid CID or usage; 69 the daemon is unreachable; 75 timed out, or the node serves too many gets (try again); 78 bad token file; 130 interrupted.\n')
+    .action(async (cid: string, opts) => { await runGet(cid, opts) })
 
   cmd.command('keygen')
     .description('Print a new swarm key (/key/swarm/psk/1.0.0/, /base16/, 64 hex digits). Give the same file to every member with `run --swarm-key FILE`; keep it secret.')
@@ -214,6 +261,36 @@ async function findInbox (opts: { data?: string, api?: string, apiTokenFile?: st
   return info?.inbox ?? path.join(opts.data, 'inbox')
 }
 
+const GET_EXIT: Record<GetFailure, number> = {
+  usage: EXIT_USAGE, 'bad-cid': EXIT_USAGE, unreachable: EXIT_UNAVAILABLE, unauthorized: 1, 'not-found': 1, exists: 1, failed: 1, busy: EXIT_TEMPFAIL, timeout: EXIT_TEMPFAIL, interrupted: 130
+}
+
+async function runGet (cid: string, opts: Record<string, any>): Promise<void> {
+  try {
+    parseCid(cid)
+  } catch (err) {
+    throw new CliError(err instanceof Error ? err.message : String(err), EXIT_USAGE)
+  }
+  if (opts.output == null && process.stdout.isTTY === true) throw new CliError('refusing to write a file to the terminal: pass -o PATH or redirect stdout', EXIT_USAGE)
+  const api = await apiAddress(opts)
+  const token = await clientToken(opts)
+  const interrupt = new AbortController()
+  const onSignal = (): void => { interrupt.abort(new Error('interrupted')) }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    await getFile({ api, token, cid, output: opts.output, force: opts.force === true, timeoutMs: opts.timeoutS != null ? opts.timeoutS * 1000 : undefined, progress: process.stderr.isTTY === true ? process.stderr : undefined, signal: interrupt.signal })
+  } catch (err) {
+    if (err instanceof GetError) throw new CliError(err.message, GET_EXIT[err.reason])
+    throw err
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}
+
+const PUBLISH_EXIT: Record<PublishFailure, number> = { usage: EXIT_USAGE, unreachable: EXIT_UNAVAILABLE, unauthorized: 1, refused: 1, failed: 1 }
+
 async function runDaemon (opts: Record<string, any>): Promise<void> {
   if (isLogLevel(opts.logLevel)) configureLogging({ level: opts.logLevel })
   const daemon = new Daemon({
@@ -236,7 +313,14 @@ async function runDaemon (opts: Record<string, any>): Promise<void> {
     inboxQuietMs: opts.quietMs,
     heartbeatIntervalMs: opts.heartbeatMs,
     reassignGraceMs: opts.reassignGraceMs,
-    minFreeBytes: opts.minFreeBytes
+    minFreeBytes: opts.minFreeBytes,
+    follow: opts.follow,
+    followAll: opts.followAll === true,
+    publisher: opts.publisher === true,
+    channelPublishersFile: opts.channelPublishers != null ? path.resolve(opts.channelPublishers) : undefined,
+    channelsDir: opts.channelsDir != null ? path.resolve(opts.channelsDir) : undefined,
+    channelKeep: opts.channelKeep,
+    channelSyncMs: opts.channelSyncMs
   })
   let stopping = false
   const onSignal = (sig: NodeJS.Signals): void => {

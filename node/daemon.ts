@@ -35,7 +35,13 @@ import type { NodeStatus } from './status.ts'
 import { Store } from './store.ts'
 import { drainReport } from './drain.ts'
 import { Scrubber } from './scrub.ts'
+import { ArchiveHandoff } from './replicate.ts'
+import { FetchByCid } from './fetch-by-cid.ts'
+import { swarmSources } from './swarm.ts'
 import type { DrainReport } from './drain.ts'
+import { ChannelService } from './channels.ts'
+import type { PublishResult } from './channels.ts'
+import { ChannelConfigError, loadPublishers } from './channel-announce.ts'
 
 export interface DaemonConfig {
   dataDir: string
@@ -69,6 +75,20 @@ export interface DaemonConfig {
   minFreeBytes?: number
   /** Re-hash every stored copy this often (0 = only on `filemesh scrub`). */
   scrubIntervalMs?: number
+  /** Broadcast channels to follow (node/channels.ts); needs `channelPublishersFile`. */
+  follow?: string[]
+  /** Follow every channel a listed publisher announces. */
+  followAll?: boolean
+  /** This node may publish channel versions (`filemesh publish`). */
+  publisher?: boolean
+  /** Peer IDs allowed to publish (one per line): announcements from others are ignored. */
+  channelPublishersFile?: string
+  /** Channels root (default DATA/channels). */
+  channelsDir?: string
+  /** Versions kept per channel. */
+  channelKeep?: number
+  /** How often a follower tells the mesh which version it holds (others answer with newer announcements). */
+  channelSyncMs?: number
 }
 
 export interface NodeInfo {
@@ -104,6 +124,9 @@ export class Daemon {
   #ready = false
   #draining = false
   #scrubber: Scrubber | undefined
+  #channels: ChannelService | undefined
+  #handoff: ArchiveHandoff | undefined
+  #fetchByCid: FetchByCid | undefined
   #scrubTimer: NodeJS.Timeout | undefined
   readonly #announcements = { rejected: 0, ignored: 0 }
 
@@ -134,6 +157,8 @@ export class Daemon {
     const apiToken = cfg.apiTokenFile != null ? await loadApiToken(cfg.apiTokenFile) : undefined
     const swarmKey: SwarmKey | undefined = cfg.swarmKeyFile != null ? await loadSwarmKey(cfg.swarmKeyFile, { log }) : undefined
     const allowPeers = cfg.allowPeersFile != null ? await loadPeerList(cfg.allowPeersFile) : undefined
+    const channelPublishers = cfg.channelPublishersFile != null ? await loadPublishers(cfg.channelPublishersFile) : undefined
+    if (((cfg.follow ?? []).length > 0 || cfg.followAll === true) && channelPublishers == null) throw new ChannelConfigError('following a channel needs the list of peers allowed to publish: --channel-publishers FILE (one peer ID per line)')
     await ensureDir(cfg.dataDir)
     for (const dir of ['spool', 'work']) await ensureDir(path.join(cfg.dataDir, dir))
     this.#store = new Store(path.join(cfg.dataDir, 'db'))
@@ -168,10 +193,15 @@ export class Daemon {
       if (cfg.roles.includes('process') && cfg.exec == null) log.warn('no --exec command: owned files are marked processed without running anything')
       const members = this.#members
       const isIngest = (peer: string): boolean => members.view.isLive(peer) && members.view.get(peer)?.roles.includes('ingest') === true
-      this.#holder = new HolderService({ store, control: this.#control, client, local, log: log.child('holder'), selfId, isIngest }, {
+      const isBackup = (peer: string): boolean => members.view.isLive(peer) && members.view.get(peer)?.roles.includes('backup') === true
+      this.#holder = new HolderService({ store, control: this.#control, client, local, log: log.child('holder'), selfId, isIngest, isBackup }, {
         roles: cfg.roles, workDir: path.join(cfg.dataDir, 'work'), archive, minFreeBytes: cfg.minFreeBytes, exec: cfg.exec, execConcurrency: cfg.execConcurrency, execAttemptsMax: cfg.execAttemptsMax, execTimeoutMs: cfg.execTimeoutMs
       })
       await this.#holder.start()
+      if (archive != null) {
+        const holder = this.#holder
+        this.#handoff = new ArchiveHandoff({ store, control: this.#control, log: log.child('handoff'), selfId, backupCandidates: () => members.view.candidates('backup'), updateBackup: async (cid, fn) => await holder.updateRecord(cid, 'backup', fn) })
+      }
     }
     if (cfg.roles.includes('ingest')) {
       this.#ingest = new IngestService({ store, node, members: this.#members, control: this.#control, log: log.child('ingest') }, { spoolDir: path.join(cfg.dataDir, 'spool'), reassignGraceMs: cfg.reassignGraceMs })
@@ -179,16 +209,25 @@ export class Daemon {
     await this.#control.start(async (from, msg) => await this.#dispatch(from, msg))
     this.#subscribeFiles()
     this.#members.start()
+    this.#channels = new ChannelService({ store, node, client, local, privateKey, members: this.#members, log: log.child('channels') }, {
+      dir: cfg.channelsDir ?? path.join(cfg.dataDir, 'channels'), follow: cfg.follow, followAll: cfg.followAll, publisher: cfg.publisher, publishers: channelPublishers, keep: cfg.channelKeep, syncIntervalMs: cfg.channelSyncMs
+    })
+    await this.#channels.start()
 
     this.#scrubber = new Scrubber({ store, client, local, peers: () => (this.#members?.view.live() ?? []).filter((m) => !m.self).map((m) => m.id), log: log.child('scrub') })
     if ((cfg.scrubIntervalMs ?? DEFAULT_SCRUB_INTERVAL_MS) > 0) {
       this.#scrubTimer = setInterval(() => { this.#scrubber?.run().catch((err) => { log.error('scrub failed', { err }) }) }, cfg.scrubIntervalMs ?? DEFAULT_SCRUB_INTERVAL_MS)
       this.#scrubTimer.unref()
     }
-    this.#api = new ApiServer({ status: async () => await this.status(), ready: () => this.#ready, drain: async () => await this.drain(), drainStatus: async () => await this.drainStatus(), scrub: async () => await (this.#scrubber as Scrubber).run() }, log.child('api'), { token: apiToken })
+    const members = this.#members
+    this.#fetchByCid = new FetchByCid({ store, local, client, control: this.#control, members: () => members.view.live().filter((m) => !m.self), isLive: (p) => members.view.isLive(p), log: log.child('get') }, { tempDir: path.join(cfg.dataDir, 'get') })
+    await this.#fetchByCid.start()
+    const fetchByCid = this.#fetchByCid
+    this.#api = new ApiServer({ status: async () => await this.status(), ready: () => this.#ready, drain: async () => await this.drain(), drainStatus: async () => await this.drainStatus(), scrub: async () => await (this.#scrubber as Scrubber).run(), getCid: async (cid, options) => await fetchByCid.serve(cid, options), publish: async (req) => await this.publish(req) }, log.child('api'), { token: apiToken })
     this.#apiAddr = await this.#api.listen(apiHostPort)
 
     await this.#holder?.reconcile()
+    await this.#handoff?.start()
     await this.#ingest?.reconcile()
     this.#ingest?.start()
     if (this.#ingest != null && this.inboxDir != null) {
@@ -215,7 +254,11 @@ export class Daemon {
       case 'receipt': return this.#ingest != null ? await this.#ingest.onReceipt(from, msg) : refuse('wrong-role', 'this node coordinates no files')
       case 'lease': return this.#ingest != null ? await this.#ingest.onLease(from, msg) : refuse('wrong-role', 'this node coordinates no files')
       case 'decline': return this.#ingest != null ? await this.#ingest.onDecline(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'has': return this.#fetchByCid != null ? await this.#fetchByCid.onHas(from, msg) : refuse('not-ready', 'node is starting')
       case 'progress': return this.#ingest != null ? await this.#ingest.onProgress(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'archived': return this.#ingest != null ? await this.#ingest.onArchived(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'handoff': return this.#ingest != null ? await this.#ingest.onHandoff(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'replicate': return this.#holder != null ? await this.#holder.onReplicate(from, msg) : refuse('wrong-role', 'this node has no archive')
     }
   }
 
@@ -268,7 +311,7 @@ export class Daemon {
       const self = node.peerId.toString()
       for (const role of ['owner', 'backup'] as const) {
         if ((role === 'owner' ? ann.owner : ann.backup) !== self) continue
-        this.#holder.onAssign(from, { type: 'assign', v: 1, cid: ann.cid, name: ann.name, size: ann.size, role, epoch: ann.epoch, sources: [from] })
+        this.#holder.onAssign(from, { type: 'assign', v: 1, cid: ann.cid, name: ann.name, size: ann.size, role, epoch: ann.epoch, sources: swarmSources(from, [ann.owner, ann.backup]) })
           .catch((err) => { log.warn('announcement not taken', { cid: ann.cid, err }) })
       }
     })
@@ -282,6 +325,7 @@ export class Daemon {
       this.#log.warn('draining: no new work will be taken; run `filemesh drain` to see when this node is safe to remove')
       this.#members?.setDraining(true)
       await this.quiesce()
+      this.#handoff?.setDraining(true)
     }
     return await this.drainStatus()
   }
@@ -294,7 +338,7 @@ export class Daemon {
     for await (const rec of store.holderRecords()) holder.push(rec)
     let inboxFiles = 0
     if (this.inboxDir != null) inboxFiles = (await fs.readdir(this.inboxDir).catch(() => [])).filter((n) => !isIgnoredName(n) && !isSidecarName(n)).length
-    return drainReport({ draining: this.#draining, roles: this.config.roles, ingest, holder, inboxFiles })
+    return drainReport({ draining: this.#draining, roles: this.config.roles, ingest, holder, inboxFiles, handoffTargets: this.#handoff?.stats().targets, keptWorkingCopies: this.#holder?.keptWorkingCopies })
   }
 
   /** Before a stop: no new claims from the inbox, no new assignments; running work goes on. */
@@ -314,6 +358,12 @@ export class Daemon {
     return false
   }
 
+  /** `filemesh publish` (POST /api/channels/publish): the staged file becomes the channel's next version. */
+  async publish (req: { channel: string, staged: string, name?: string }): Promise<PublishResult> {
+    if (this.#channels == null || !this.#ready) throw new Error('the daemon is not serving yet')
+    return await this.#channels.publish(req.channel, req.staged, req.name)
+  }
+
   async status (): Promise<NodeStatus> {
     const node = this.#node as MeshNode
     const now = performance.now()
@@ -330,13 +380,15 @@ export class Daemon {
       members: (this.#members?.view.live() ?? []).map((m) => memberStatus(m, now)),
       ...fileStatus,
       transfer: { served: this.#blockServer?.stats(), fetched: this.#blockClient?.stats() },
+      ...(this.#channels != null ? { channels: await this.#channels.status() } : {}),
       counters: {
         ...(this.#ingest?.counters ?? {}),
         rejectedHeartbeats: this.#members?.rejectedMessages ?? 0,
         gaterRejections: this.#gate?.rejections ?? 0,
         ...this.#securityCounters(),
         fetchQueue: this.#holder?.queued.fetching ?? 0,
-        processQueue: this.#holder?.queued.processing ?? 0
+        processQueue: this.#holder?.queued.processing ?? 0,
+        ...this.#fetchByCid?.counters()
       }
     }
   }
@@ -381,9 +433,12 @@ export class Daemon {
     clearInterval(this.#scrubTimer)
     await this.#inbox?.stop()
     this.#ingest?.stop()
+    this.#handoff?.stop()
     await this.#holder?.stop()
     this.#members?.stop()
     await this.#api?.close()
+    await this.#fetchByCid?.stop()
+    await this.#channels?.stop()
     await this.#blockServer?.stop()
     await this.#node?.stop()
     await this.#store?.close()

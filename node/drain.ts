@@ -3,7 +3,9 @@
  * coordinators place no new files on it and hand its not-yet-started files to the next member in rendezvous
  * order; it refuses new assignments; an ingest node stops claiming from its inbox. The node is safe to remove
  * when nothing it alone is responsible for remains: `drainReport` says what still blocks it, in words an
- * operator can act on.
+ * operator can act on. A draining backup hands each of its archive copies to another backup node by itself
+ * (node/replicate.ts) and is safe once every hand-off is acknowledged; a processor keeps a processed file's
+ * working copy until the archive holds the file, and is not safe to remove while it keeps one.
  */
 import type { HolderRecord, IngestRecord } from './core/lifecycle.ts'
 import type { Role } from '../protocols/roles.ts'
@@ -22,6 +24,10 @@ export interface DrainInput {
   holder: Iterable<HolderRecord>
   /** Files waiting in the inbox (ingest role). */
   inboxFiles: number
+  /** Live, non-draining backup members other than this node that could take its archive copies (undefined: unknown). */
+  handoffTargets?: number
+  /** Processed files whose working copy is kept until the archive holds them (process role). */
+  keptWorkingCopies?: number
 }
 
 export function drainReport (input: DrainInput): DrainReport {
@@ -47,13 +53,19 @@ export function drainReport (input: DrainInput): DrainReport {
       if (rec.state === 'fetching' || rec.state === 'stored' || rec.state === 'processing') ownerBusy++
       else if (!rec.outcomeAcked || !rec.receiptAcked) ownerUnreported++
     } else {
-      if (rec.state === 'fetching' || !rec.receiptAcked) backupBusy++
-      else archived++
+      // A copy handed to us by a draining backup owes no receipt; one we handed off is held durably elsewhere.
+      if (rec.state === 'fetching' || (!rec.receiptAcked && rec.handoffFrom == null)) backupBusy++
+      else if (rec.handoffAckedAt == null) archived++
     }
   }
   if (ownerBusy > 0) blockers.push(`${ownerBusy} owned file(s) still being fetched or processed (not-yet-started ones are handed to other processors)`)
   if (ownerUnreported > 0) blockers.push(`${ownerUnreported} processing outcome(s) not yet acknowledged by their coordinator`)
   if (backupBusy > 0) blockers.push(`${backupBusy} backup file(s) still being fetched or not yet acknowledged`)
-  if (archived > 0) blockers.push(`${archived} archived file(s) exist only in this node's archive: copy the archive directory to another backup node before removing this one`)
+  if ((input.keptWorkingCopies ?? 0) > 0) blockers.push(`${input.keptWorkingCopies ?? 0} processed file(s) keep their working copy here until the archive holds them durably (a backup is missing)`)
+  if (archived > 0) {
+    blockers.push(input.handoffTargets === 0
+      ? `${archived} archived file(s) exist only in this node's archive and no other live backup node can take them: start another backup node, the copies are then handed to it automatically`
+      : `${archived} archive copy(ies) still being handed off to another backup node (until acknowledged they exist only in this node's archive)`)
+  }
   return { draining: input.draining, safe: blockers.length === 0, blockers }
 }

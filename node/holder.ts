@@ -5,27 +5,37 @@
  *
  * Durable steps, in order: assignment {sync} -> blocks verified and written -> fsync(file) -> rename -> fsync(dir)
  * -> stored + block index {sync} -> receipt. Processing: processing {sync} -> command -> processed {sync} ->
- * unlink working copy -> report. `reconcile()` re-drives every record after a restart: a fetch starts over
- * from a fresh `.part`, a receipt or report not yet acknowledged is sent again, an interrupted command runs
- * again (attempt + 1, so the command can tell from FILEMESH_ATTEMPT).
+ * report -> (once the coordinator confirms the archive holds the file) unlink working copy. A backup also
+ * takes archive copies handed off by a draining backup (`onReplicate`, node/replicate.ts). `reconcile()`
+ * re-drives every record after a restart: a fetch starts over from a fresh `.part`, a receipt or report not
+ * yet acknowledged is sent again, an interrupted command runs again (attempt + 1, so the command can tell
+ * from FILEMESH_ATTEMPT), a kept working copy asks again whether the archive holds its file.
+ *
+ * Swarm transfer (node/swarm.ts): if the assignment's sources name this node among the holders after the
+ * coordinator, this node is holder k of n and pulls the leaves of its share (distinct-leaf ordinal ≡ k mod n)
+ * from the coordinator and the others from the holders whose share they are; meanwhile its own written
+ * leaves are served to them from the `.part` (LocalBlocks.inflight) until the stored copy is indexed.
  */
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import PQueue from 'p-queue'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { CID } from 'multiformats/cid'
-import type { AssignMessage, ControlReply, HolderRole } from '../protocols/messages.ts'
+import type { AssignMessage, ControlReply, HolderRole, ReplicateMessage } from '../protocols/messages.ts'
 import type { Role } from '../protocols/roles.ts'
-import { parseCid } from '../protocols/cid-policy.ts'
+import { parseCid, RAW_CODE } from '../protocols/cid-policy.ts'
 import { resolveLeaves } from '../protocols/unixfs.ts'
 import type { Leaf } from '../protocols/unixfs.ts'
-import { assigned, outcomeAcked, processingDone, processingFailed, processingRetry, processingStarted, receiptAcked, stored } from './core/lifecycle.ts'
+import { assigned, handoffAdopted, handoffAssigned, outcomeAcked, processingDone, processingFailed, processingRetry, processingStarted, receiptAcked, stored } from './core/lifecycle.ts'
 import type { HolderRecord } from './core/lifecycle.ts'
 import { ControlRequestError, ok, refuse } from './control.ts'
 import type { ControlChannel } from './control.ts'
 import type { Archive } from './archive.ts'
 import type { BlockClient } from './block-client.ts'
 import type { LocalBlocks } from './block-store.ts'
+import type { InflightFetch } from './inflight-blocks.ts'
+import { ownShare, swarmShare } from './swarm.ts'
+import type { SwarmShare } from './swarm.ts'
 import { ensureDir, errnoCode, freeBytes, fsyncDir, renameDurable, syncHandle } from './fsutil.ts'
 import type { Logger } from './log.ts'
 import { backoffMs, killOrphanedCommand, runProcessingCommand } from './processor.ts'
@@ -43,6 +53,8 @@ export interface HolderServiceComponents {
   selfId: string
   /** True if `peerId` is a live member whose heartbeat carries the ingest role (the membership view). */
   isIngest: (peerId: string) => boolean
+  /** True if `peerId` is a live member whose heartbeat carries the backup role: only such a peer may hand off archive copies. */
+  isBackup?: (peerId: string) => boolean
 }
 
 export interface HolderCounters {
@@ -78,6 +90,9 @@ const SUPERSEDED_CODES = new Set(['not-holder', 'not-owner', 'unknown-file', 'st
 /** How long the owner keeps trying to have the coordinator confirm its lease before running anyway. */
 const LEASE_CHECK_TIMEOUT_MS = 10_000
 const LEASE_CHECK_RETRY_MS = 500
+/** How often a processed owner asks whether the archive holds the file yet (doubling up to the max). */
+const ARCHIVE_CHECK_BASE_MS = 1_000
+const ARCHIVE_CHECK_MAX_MS = 30_000
 
 function isSuperseded (err: unknown): err is ControlRequestError {
   return err instanceof ControlRequestError && SUPERSEDED_CODES.has(err.code ?? '')
@@ -102,12 +117,16 @@ export class HolderService {
   #draining = false
   readonly #stop = new AbortController()
   readonly #isIngest: (peerId: string) => boolean
+  readonly #isBackup: (peerId: string) => boolean
+  /** Processed files whose working copy is kept until the coordinator confirms the archive holds them. */
+  readonly #keptCopies = new Set<string>()
   readonly #throttled: ThrottledLog
   readonly counters: HolderCounters = { rejectedAssignments: 0, repeatedAssignments: 0 }
 
   constructor (components: HolderServiceComponents, init: HolderServiceInit) {
     this.#store = components.store
     this.#isIngest = components.isIngest
+    this.#isBackup = components.isBackup ?? (() => false)
     this.#throttled = new ThrottledLog(components.log)
     this.#control = components.control
     this.#client = components.client
@@ -176,6 +195,14 @@ export class HolderService {
     let repeated = false
     const rec = await this.#locks.run(`${msg.cid}/${msg.role}`, async () => {
       const existing = await this.#store.getHolder(msg.cid, msg.role)
+      // A copy a draining backup handed to us, now assigned by a coordinator: it becomes that coordinator's
+      // backup record and the receipt goes to it (the copy is kept; a fetch in progress goes on).
+      if (existing?.handoffFrom != null && msg.role === 'backup') {
+        const adopted = handoffAdopted(existing, from, msg.epoch)
+        const next = adopted.state === 'fetching' ? { ...adopted, sources: [...new Set([...adopted.sources, from, ...msg.sources])] } : adopted
+        await this.#store.commit([this.#store.putHolder(next)])
+        return next
+      }
       // The same assignment again: already recorded.
       if (existing != null && existing.epoch >= msg.epoch) {
         repeated = true
@@ -203,8 +230,70 @@ export class HolderService {
     return ok()
   }
 
+  /**
+   * A draining backup hands us its archive copy of a file (ReplicateMessage). Only a live member with the
+   * backup role may ask, and only for an archive copy: it cannot make this node own or process anything. The
+   * record is created durably (as a hand-off copy: no receipt owed to anyone) and fetched like an assignment,
+   * from the sender first. The answer is ok once the file is durable here, 'not-ready' while it is fetched;
+   * the sender asks again until ok, so a restart of either side just repeats the question.
+   */
+  async onReplicate (from: string, msg: ReplicateMessage): Promise<ControlReply> {
+    const what = { cid: msg.cid, role: 'backup' as const }
+    if (!this.#init.roles.includes('backup') || this.#init.archive == null) return refuse('wrong-role', 'this node has no archive')
+    if (from === this.#self || !this.#isBackup(from)) return this.#reject(from, what, 'not-backup', 'only a live backup member may hand off archive copies')
+    try {
+      if (parseCid(msg.cid).toString() !== msg.cid) return this.#reject(from, what, 'bad-cid', 'CID not in its canonical (base32) form')
+      for (const s of msg.sources) peerIdFromString(s)
+    } catch (err: any) {
+      return this.#reject(from, what, err?.name === 'CidRejectedError' ? 'bad-cid' : 'bad-message', String(err?.message ?? err))
+    }
+    if (await this.#store.getHolder(msg.cid, 'backup') == null) {
+      if (this.#draining) return refuse('draining', 'this node is draining and takes no new files')
+      const free = await freeBytes((this.#init.archive).dir)
+      const minFree = this.#init.minFreeBytes ?? DEFAULT_MIN_FREE_BYTES
+      if (free - msg.size < minFree) {
+        this.#log.warn('refusing an archive copy: disk too full', { cid: msg.cid, peer: from, bytes: msg.size, free, minFree })
+        return refuse('disk-full', `${free} bytes free, ${msg.size} needed, ${minFree} kept free`)
+      }
+    }
+    let created = false
+    const rec = await this.#locks.run(`${msg.cid}/backup`, async () => {
+      const existing = await this.#store.getHolder(msg.cid, 'backup')
+      if (existing == null) {
+        const sources = [...new Set([from, ...msg.sources])].filter((p) => p !== this.#self)
+        const next = handoffAssigned({ cid: msg.cid, name: msg.name, size: msg.size, epoch: msg.epoch, from, sources, now: new Date().toISOString() })
+        await this.#store.commit([this.#store.putHolder(next)])
+        created = true
+        return next
+      }
+      if (existing.state === 'fetching' && !existing.sources.includes(from)) {
+        // Being fetched for its coordinator already: the sender is one more source (used from the next attempt on).
+        const next: HolderRecord = { ...existing, sources: [...existing.sources, from] }
+        await this.#store.commit([this.#store.putHolder(next)])
+        return next
+      }
+      return existing
+    })
+    if (created) {
+      this.#log.info('archive copy handed to us', { cid: msg.cid, peer: from, bytes: msg.size, name: msg.name })
+      this.#schedule(rec)
+    }
+    if (rec.state === 'fetching') return refuse('not-ready', 'fetching the file')
+    return ok()
+  }
+
+  /** Read-modify-write of this node's (cid, role) record under its lock (the archive hand-off records its steps with it). */
+  async updateRecord (cid: string, role: HolderRole, fn: (r: HolderRecord) => HolderRecord | undefined): Promise<HolderRecord | undefined> {
+    return await this.#update(cid, role, fn)
+  }
+
+  /** Processed files whose working copy is still kept because the archive does not hold them durably yet. */
+  get keptWorkingCopies (): number {
+    return this.#keptCopies.size
+  }
+
   /** Counts and logs (throttled per peer) an assignment refused for its sender or content. */
-  #reject (from: string, msg: AssignMessage, code: string, why: string): ControlReply {
+  #reject (from: string, msg: { cid: string, role: HolderRole }, code: string, why: string): ControlReply {
     this.counters.rejectedAssignments++
     this.#throttled.warn(from, 'assignment refused', { cid: msg.cid.slice(0, 128), role: msg.role, code, err: why })
     return refuse(code, why)
@@ -223,14 +312,20 @@ export class HolderService {
         return
       case 'stored':
       case 'processing':
-        if (!rec.receiptAcked) this.#sendReceipt(rec)
+        // A hand-off copy owes no receipt: the backup that handed it over asks until we say it is durable.
+        if (!rec.receiptAcked && rec.handoffFrom == null) this.#sendReceipt(rec)
         if (rec.role === 'owner') this.#enqueueRun(rec)
         return
       case 'processed':
-        // A crash between recording "processed" and deleting the working copy leaves the copy: delete it now.
-        if (rec.role === 'owner' && rec.path != null) this.#removeWorkingCopy(rec.cid, rec.path).catch((err) => { this.#log.error('cannot remove working copy', { cid: rec.cid, err }) })
         if (!rec.receiptAcked) this.#sendReceipt(rec)
+        // The working copy goes once the outcome is acknowledged and the archive holds the file (a crash before
+        // that leaves the copy: ask again; a copy already gone only leaves its index entries to drop).
         if (!rec.outcomeAcked) this.#sendOutcome(rec)
+        else if (rec.role === 'owner' && rec.path != null) {
+          const workPath = rec.path
+          fs.access(workPath).then(() => { this.#releaseWorkingCopy(rec) }, async () => { await this.#removeWorkingCopy(rec.cid, workPath) })
+            .catch((err) => { this.#log.error('cannot remove working copy', { cid: rec.cid, err }) })
+        }
         return
       case 'failed':
         if (!rec.receiptAcked) this.#sendReceipt(rec)
@@ -238,17 +333,38 @@ export class HolderService {
     }
   }
 
+  /**
+   * Fetches the file until it is stored (or given up). Its leaves are registered with LocalBlocks.inflight
+   * while they arrive, so the file's other holders can pull them from here (swarm transfer: the share rule is
+   * in node/swarm.ts, derived from the assignment's sources), until the stored copy is indexed.
+   */
   async #fetch (rec: HolderRecord): Promise<void> {
+    const inflight = this.#local.inflight.begin()
+    try {
+      await this.#fetchAttempts(rec, inflight)
+    } finally {
+      inflight.end()
+    }
+  }
+
+  async #fetchAttempts (rec: HolderRecord, inflight: InflightFetch): Promise<void> {
     const signal = this.#stop.signal
     const root = CID.parse(rec.cid)
     const sources = rec.sources.filter((s) => s !== this.#self).map((s) => peerIdFromString(s))
+    const swarm = swarmShare(rec.sources, this.#self, rec.coordinator)
     const partPath = rec.role === 'backup' ? (this.#init.archive as Archive).incomingPath(rec.cid) : path.join(this.#init.workDir, '.incoming', `${rec.cid}.part`)
     const started = performance.now()
     for (let attempt = 1; !signal.aborted; attempt++) {
       try {
-        const { leaves, nodes, size } = await resolveLeaves(root, async (cid) => await this.#getNode(cid, sources, signal))
+        // A file of one block (raw root, up to 1 MiB) is all fetched by resolving it: keep those bytes, not fetch them twice.
+        const known = new Map<string, Uint8Array>()
+        const { leaves, nodes, size } = await resolveLeaves(root, async (cid) => {
+          const bytes = await this.#getNode(cid, sources, signal)
+          if (cid.code === RAW_CODE) known.set(cid.toString(), bytes)
+          return bytes
+        })
         if (size !== rec.size) this.#log.warn('file size differs from the assignment', { cid: rec.cid, bytes: size, expected: rec.size })
-        await this.#fetchInto(partPath, leaves, sources, signal)
+        const bySource = await this.#fetchInto(partPath, leaves, sources, { swarm, inflight, signal, known })
         const finalPath = await this.#commitFile(rec, partPath)
         const index = this.#store.blockIndexOps(rec.cid, rec.role, finalPath, leaves, nodes)
         const next = await this.#locks.run(`${rec.cid}/${rec.role}`, async () => {
@@ -258,7 +374,9 @@ export class HolderService {
           return done
         })
         const ms = Math.round(performance.now() - started)
-        this.#log.info('stored durably', { cid: rec.cid, role: rec.role, file: finalPath, bytes: size, ms, MBps: ms > 0 ? +(size / 1e3 / ms).toFixed(1) : undefined })
+        const fromCoordinator = bySource[rec.coordinator] ?? 0
+        const fromPeers = Object.values(bySource).reduce((a, b) => a + b, 0) - fromCoordinator
+        this.#log.info('stored durably', { cid: rec.cid, role: rec.role, file: finalPath, bytes: size, ms, MBps: ms > 0 ? +(size / 1e3 / ms).toFixed(1) : undefined, fromCoordinator, fromPeers, share: swarm != null ? `${swarm.index + 1}/${swarm.holders.length}` : undefined })
         this.#schedule(next)
         return
       } catch (err) {
@@ -301,8 +419,14 @@ export class HolderService {
     throw lastErr
   }
 
-  /** Writes every leaf into a fresh part file (from peers, or from this node's own copy), then fsyncs it. */
-  async #fetchInto (partPath: string, leaves: Leaf[], sources: ReturnType<typeof peerIdFromString>[], signal: AbortSignal): Promise<void> {
+  /**
+   * Writes every leaf into a fresh part file (from peers, or from this node's own copy), then fsyncs it.
+   * Leaves fetched from peers are registered with `inflight` as they are written, and dropped from it before
+   * this returns or throws (before the part file is renamed or deleted). Returns the bytes taken from each peer.
+   */
+  async #fetchInto (partPath: string, leaves: Leaf[], sources: ReturnType<typeof peerIdFromString>[], options: { swarm: SwarmShare | undefined, inflight: InflightFetch, signal: AbortSignal, known?: Map<string, Uint8Array> }): Promise<Record<string, number>> {
+    const { swarm, inflight, signal } = options
+    let bySource: Record<string, number> = {}
     await fs.rm(partPath, { force: true })
     const fh = await fs.open(partPath, 'wx', 0o644)
     try {
@@ -310,18 +434,26 @@ export class HolderService {
       if (total > 0) await fh.truncate(total)
       const remote: Leaf[] = []
       for (const leaf of leaves) {
-        const bytes = sources.length === 0 || leaf.length === 0 ? await this.#local.getBlock(leaf.cid) : undefined
+        // Verified already: by LocalBlocks, or by resolveLeaves (`known`).
+        const bytes = sources.length === 0 || leaf.length === 0 ? await this.#local.getBlock(leaf.cid) : options.known?.get(leaf.cid.toString())
         if (bytes != null) await fh.write(bytes, 0, bytes.byteLength, leaf.offset)
         else remote.push(leaf)
       }
       if (remote.length > 0) {
         if (sources.length === 0) throw new Error('blocks missing locally and no other source')
-        await this.#client.fetchLeavesToFile({ leaves: remote, sources, fileHandle: fh, signal })
+        // Peers' requests wait only for what this node pulls from the landing node itself (node/swarm.ts).
+        inflight.expect(partPath, swarm != null ? ownShare(swarm, remote) : remote)
+        const result = await this.#client.fetchLeavesToFile({
+          leaves: remote, sources, fileHandle: fh, signal, onWritten: (leaf) => { inflight.written(leaf) }, ...(swarm != null ? { swarm } : {})
+        })
+        bySource = result.bytesBySource
       }
       await syncHandle(fh, partPath) // an fsync error is fatal: the daemon exits rather than trust a retry
     } finally {
+      inflight.moving()
       await fh.close()
     }
+    return bySource
   }
 
   /** Moves a complete, fsynced part file into place: the owner's work dir or the backup's archive. */
@@ -361,6 +493,7 @@ export class HolderService {
         // Another owner holds the current epoch: our run was a duplicate, already counted by the coordinator.
         this.#log.warn('outcome refused: another owner has the current epoch', { cid: rec.cid, peer: current.coordinator, epoch: current.epoch, err: err.message })
       }
+      if (current.state === 'processed') this.#releaseWorkingCopy(current)
       await this.#update(rec.cid, 'owner', (r) => r.outcomeAcked ? undefined : outcomeAcked(r))
     })
   }
@@ -413,8 +546,8 @@ export class HolderService {
       if (result.outcome === 'ok') {
         const done = await this.#update(cid, 'owner', (r) => processingDone(r, new Date().toISOString()))
         this.#log.info('processed', { cid, attempt: rec.attempt, ms: result.durationMs })
-        // The coordinator keeps the ingest copy until the backup's receipt, so the working copy can go now.
-        await this.#removeWorkingCopy(cid, rec.path)
+        // The working copy stays until the coordinator confirms the archive holds the file (#releaseWorkingCopy,
+        // once the outcome is acknowledged): if the backup was lost, the next backup fetches it from here.
         if (done != null) this.#sendOutcome(done)
         return
       }
@@ -461,15 +594,54 @@ export class HolderService {
   async #decline (rec: HolderRecord, reason: string): Promise<void> {
     this.#log.warn('giving the file back to its coordinator', { cid: rec.cid, role: rec.role, reason })
     this.#retrier.run(`decline:${rec.cid}:${rec.role}`, async (signal) => {
-      try {
-        await this.#control.request(rec.coordinator, { type: 'decline', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch, reason }, { signal })
-      } catch (err) {
-        if (!isSuperseded(err)) throw err
+      // A hand-off copy has no coordinator to give it back to: the backup handing it off chooses another.
+      if (rec.handoffFrom == null) {
+        try {
+          await this.#control.request(rec.coordinator, { type: 'decline', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch, reason }, { signal })
+        } catch (err) {
+          if (!isSuperseded(err)) throw err
+        }
       }
       await this.#locks.run(`${rec.cid}/${rec.role}`, async () => {
         const current = await this.#store.getHolder(rec.cid, rec.role)
         if (current?.state === 'fetching') await this.#store.commit([this.#store.delHolder(rec.cid, rec.role)])
       })
+    })
+  }
+
+  /**
+   * Deletes a processed file's working copy once its coordinator confirms the archive holds the file durably
+   * (a recorded receipt from a live backup). Until then the copy stays and is served: if the backup was lost,
+   * the coordinator's new backup fetches the file from here. A refusal other than 'not-archived' (the
+   * coordinator does not know the file or us) keeps the copy for good: nothing is deleted unconfirmed.
+   */
+  #releaseWorkingCopy (rec: HolderRecord): void {
+    const workPath = rec.path
+    if (rec.role !== 'owner' || workPath == null) return
+    this.#keptCopies.add(rec.cid)
+    let waits = 0
+    this.#retrier.run(`working-copy:${rec.cid}`, async (signal) => {
+      while (!signal.aborted) {
+        try {
+          await this.#control.request(rec.coordinator, { type: 'archived', v: 1, cid: rec.cid, epoch: rec.epoch }, { signal })
+          break
+        } catch (err) {
+          if (!(err instanceof ControlRequestError) || err.code == null) throw err
+          if (err.code !== 'not-archived') {
+            this.#log.warn('the coordinator cannot confirm the archive holds this file: the working copy is kept', { cid: rec.cid, peer: rec.coordinator, file: workPath, code: err.code, err: err.message })
+            return
+          }
+          // Usual for a moment (processing finished before the backup's receipt); worth a line when it lasts.
+          this.#log[++waits === 4 ? 'info' : 'debug']('keeping the working copy until the archive holds the file', { cid: rec.cid, peer: rec.coordinator, waits, err: err.message })
+          await sleep(backoffMs(waits, { baseMs: ARCHIVE_CHECK_BASE_MS, maxMs: ARCHIVE_CHECK_MAX_MS }), signal)
+        }
+      }
+      if (signal.aborted) return
+      const current = await this.#store.getHolder(rec.cid, 'owner')
+      if (current?.state !== 'processed' || current.path !== workPath) return
+      await this.#removeWorkingCopy(rec.cid, workPath)
+      this.#keptCopies.delete(rec.cid)
+      this.#log.debug('working copy removed: the archive holds the file', { cid: rec.cid })
     })
   }
 

@@ -5,9 +5,13 @@
  * the coordinator of every file it accepted.
  *
  * Crash safety, step by step (each durable step names its fsync):
- *   claim:   claims/<id> {sync} -> rename inbox -> spool/<id> -> fsync both dirs
- *   accept:  hash -> re-stat -> one batch {sync}: del claim, put ingest record + leaf index
+ *   claim:   claims/<id> {sync} -> rename inbox -> spool/<id> -> fsync both dirs (batches and fsyncs shared by
+ *            concurrent claims: node/group-commit.ts)
+ *   accept:  hash -> re-stat -> one batch {sync}: del claim, put ingest record (placed at once if an owner and a
+ *            backup are live) + leaf index
  *   place:   batch {sync}: record placed (epoch 1) -> assign to owner and backup (retried until acked) -> announce
+ * Transfer is swarm-shaped (node/swarm.ts): while neither holder has the file, both are assigned it with
+ * sources [this node, owner, backup]; each pulls a disjoint half from here and the other half from the other.
  *   receipt: batch {sync}: record the receipt
  *   release: unlink spool file -> fsync spool dir -> batch {sync}: released + tombstone, drop leaf index
  * On start, `reconcile()` re-drives every record and claim that was in flight; every step is idempotent.
@@ -18,20 +22,22 @@ import { randomBytes } from 'node:crypto'
 import { FILES_TOPIC } from '../protocols/ids.ts'
 import { GOSSIP_MESSAGE_BYTES_MAX } from '../protocols/limits.ts'
 import { encodeMessage } from '../protocols/messages.ts'
-import type { AnnounceMessage, ControlReply, DeclineMessage, HolderRole, LeaseMessage, ProgressMessage, ReceiptMessage } from '../protocols/messages.ts'
-import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, backupWatched, inPlay, ownerWatched, successor } from './core/coordinator.ts'
-import { backupReassigned, canRelease, ownerReassigned, placed, progressFrom, receiptFrom, received, released } from './core/lifecycle.ts'
+import type { AnnounceMessage, ArchivedMessage, ControlReply, DeclineMessage, HandoffMessage, HolderRole, LeaseMessage, ProgressMessage, ReceiptMessage } from '../protocols/messages.ts'
+import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, archiveHolds, backupWatched, inPlay, ownerWatched, replaceDrainingBackup, successor } from './core/coordinator.ts'
+import { archiveConfirmed, backupReassigned, backupReplaced, canRelease, ownerReassigned, placed, progressFrom, receiptFrom, received, released } from './core/lifecycle.ts'
 import type { IngestRecord, Readiness } from './core/lifecycle.ts'
 import { place } from './core/placement.ts'
 import { ControlRequestError, ok, refuse } from './control.ts'
 import type { ControlChannel } from './control.ts'
 import { fsyncDir, renameDurable } from './fsutil.ts'
+import { CommitGroup, DirSync } from './group-commit.ts'
 import { hashFile } from './hasher.ts'
 import type { Logger } from './log.ts'
 import type { MeshNode } from './mesh.ts'
 import type { MembershipService } from './membership-service.ts'
 import type { Claim, Store } from './store.ts'
 import { KeyedLock } from './keyed-lock.ts'
+import { swarmSources } from './swarm.ts'
 import { Retrier } from './retrier.ts'
 
 export interface IngestServiceInit {
@@ -51,6 +57,16 @@ export interface ReadyFile {
   name: string
   readiness: Readiness
   sidecarPaths?: string[]
+  /** The version the inbox judged ready (its fingerprint): a different file found after the rename is given back. */
+  fingerprint?: ClaimedVersion
+}
+
+/** What identifies the version of an inbox file that was judged ready (ctime left out: the rename changes it). */
+export interface ClaimedVersion {
+  dev: bigint
+  ino: bigint
+  size: bigint
+  mtimeNs: bigint
 }
 
 export interface IngestCounters {
@@ -61,6 +77,8 @@ export interface IngestCounters {
   rejectedReports: number
   ownerReassignments: number
   backupReassignments: number
+  /** Backups replaced after their receipt (they keep their copies: extra archive copies), over all records. */
+  extraArchiveCopies: number
 }
 
 export class IngestService {
@@ -71,6 +89,9 @@ export class IngestService {
   readonly #log: Logger
   readonly #spoolDir: string
   readonly #retrier: Retrier
+  /** Claims' store batches and directory fsyncs, shared by concurrent claims (group commit). */
+  readonly #commits: CommitGroup
+  readonly #dirSync = new DirSync()
   /** Serialises changes to one file's record (receipts from owner and backup may arrive together). */
   readonly #locks = new KeyedLock()
   readonly #unplaced = new Set<string>()
@@ -82,7 +103,7 @@ export class IngestService {
   readonly #checkIntervalMs: number
   #checkTimer: NodeJS.Timeout | undefined
   #checking = false
-  readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0, ownerReassignments: 0, backupReassignments: 0 }
+  readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0, ownerReassignments: 0, backupReassignments: 0, extraArchiveCopies: 0 }
 
   constructor (components: { store: Store, node: MeshNode, members: MembershipService, control: ControlChannel, log: Logger }, init: IngestServiceInit) {
     this.#store = components.store
@@ -92,6 +113,7 @@ export class IngestService {
     this.#log = components.log
     this.#spoolDir = init.spoolDir
     this.#retrier = new Retrier(this.#log)
+    this.#commits = new CommitGroup(async (ops) => { await this.#store.commit(ops) })
     this.#absence = new AbsenceTracker(init.reassignGraceMs ?? DEFAULT_REASSIGN_GRACE_MS)
     this.#checkIntervalMs = init.holderCheckIntervalMs ?? DEFAULT_HOLDER_CHECK_INTERVAL_MS
     this.#members.onChange(() => { this.#placeWaiting() })
@@ -114,52 +136,82 @@ export class IngestService {
     this.#retrier.stop()
   }
 
-  /** Claims a ready inbox file: intent log, rename into the spool, hash, record. Returns the root CID. */
+  /**
+   * Claims a ready inbox file: intent log, rename into the spool, hash, record. Returns the root CID.
+   * Safe to call for many files at once (the inbox does, DEFAULT_DELIVERY_CONCURRENCY): concurrent claims
+   * share their {sync:true} batches and directory fsyncs (node/group-commit.ts), each step still durable
+   * before the next one that depends on it.
+   */
   async claim (file: ReadyFile): Promise<string | undefined> {
     const id = `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`
     const claim: Claim = { id, name: file.name, inboxPath: file.path, spoolPath: path.join(this.#spoolDir, id), readiness: file.readiness, claimedAt: new Date().toISOString() }
     if (file.sidecarPaths != null && file.sidecarPaths.length > 0) claim.sidecarPaths = file.sidecarPaths
-    await this.#store.commit([this.#store.putClaim(claim)])
+    await this.#commits.commit([this.#store.putClaim(claim)])
     try {
-      await renameDurable(file.path, claim.spoolPath)
+      await fs.rename(file.path, claim.spoolPath)
     } catch (err: any) {
-      await this.#store.commit([this.#store.delClaim(id)])
+      await this.#commits.commit([this.#store.delClaim(id)])
       if (err.code === 'ENOENT') return undefined
       throw err
     }
-    return await this.#accept(claim)
+    // The rename is made durable in both directories while the file is hashed; #accept waits for it before
+    // anything records the spool copy (or moves it again).
+    const durable = Promise.all([this.#dirSync.sync(this.#spoolDir), this.#dirSync.sync(path.dirname(path.resolve(file.path)))]).then(() => {})
+    durable.catch(() => {}) // awaited by #accept; this only keeps an early throw there from leaving it unhandled
+    return await this.#accept(claim, file.fingerprint, durable)
   }
 
-  /** Hashes a claimed spool file and records it; gives it back to the inbox if it changed while we hashed it. */
-  async #accept (claim: Claim): Promise<string | undefined> {
-    const before = await fs.stat(claim.spoolPath)
-    const manifest = await hashFile(claim.spoolPath)
-    const after = await fs.stat(claim.spoolPath)
-    if (after.size !== before.size || after.mtimeMs !== before.mtimeMs || after.size !== manifest.size) {
-      // A writer still had the file open: hand it back under its name and try again later.
-      this.#log.warn('file changed while being hashed: giving it back to the inbox', { file: claim.name })
+  /**
+   * Hashes a claimed spool file and records it; gives it back to the inbox if it is not the version the inbox
+   * judged ready (`expected`: replaced or rewritten before the rename) or if it changed while we hashed it.
+   * A file accepted while an owner and a backup are live is recorded placed in the same batch.
+   */
+  async #accept (claim: Claim, expected?: ClaimedVersion, claimDurable?: Promise<void>): Promise<string | undefined> {
+    const before = await fs.stat(claim.spoolPath, { bigint: true })
+    const unexpected = expected != null && (before.dev !== expected.dev || before.ino !== expected.ino || before.size !== expected.size || before.mtimeNs !== expected.mtimeNs)
+    const manifest = unexpected ? undefined : await hashFile(claim.spoolPath)
+    const after = await fs.stat(claim.spoolPath, { bigint: true })
+    await claimDurable
+    if (manifest == null || after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ino !== before.ino || Number(after.size) !== manifest.size) {
+      // A writer still had the file open (or the name held another file): hand it back under its name, try later.
+      this.#log.warn(manifest == null ? 'file is not the version found ready: giving it back to the inbox' : 'file changed while being hashed: giving it back to the inbox', { file: claim.name })
       await renameDurable(claim.spoolPath, claim.inboxPath).catch((err) => { this.#log.error('cannot give a changed file back', { file: claim.name, err }) })
-      await this.#store.commit([this.#store.delClaim(claim.id)])
+      await this.#commits.commit([this.#store.delClaim(claim.id)])
       this.counters.givenBack++
       return undefined
     }
     const cid = manifest.root.toString()
-    const existing = await this.#store.getIngest(cid) ?? await this.#store.getTombstone(cid)
-    if (existing != null) {
-      this.#log.warn('same content was already accepted: dropping the duplicate copy', { cid, file: claim.name, first: existing.name })
+    const outcome = await this.#withLock(cid, async () => {
+      const existing = await this.#store.getIngest(cid) ?? await this.#store.getTombstone(cid)
+      if (existing != null) return { existing }
+      const now = new Date().toISOString()
+      const rec = received({ cid, name: claim.name, size: manifest.size, spoolPath: claim.spoolPath, readiness: claim.readiness, now })
+      const view = this.#members.view
+      const { owner, backup } = place(cid, view.candidates('process'), view.candidates('backup'))
+      const next = owner != null && backup != null ? placed(rec, owner, backup, now) : rec
+      await this.#commits.commit([this.#store.delClaim(claim.id), this.#store.putIngest(next), ...this.#store.blockIndexOps(cid, 'spool', claim.spoolPath, manifest.leaves, manifest.nodes)])
+      if (next.phase === 'placed') this.#watched.add(cid)
+      return { next }
+    })
+    if (outcome.existing != null) {
+      this.#log.warn('same content was already accepted: dropping the duplicate copy', { cid, file: claim.name, first: outcome.existing.name })
       await fs.rm(claim.spoolPath, { force: true })
-      await fsyncDir(this.#spoolDir)
-      await this.#store.commit([this.#store.delClaim(claim.id)])
+      await this.#dirSync.sync(this.#spoolDir)
+      await this.#commits.commit([this.#store.delClaim(claim.id)])
       await this.#removeSidecar(claim)
       this.counters.duplicates++
       return cid
     }
-    const rec = received({ cid, name: claim.name, size: manifest.size, spoolPath: claim.spoolPath, readiness: claim.readiness, now: new Date().toISOString() })
-    await this.#store.commit([this.#store.delClaim(claim.id), this.#store.putIngest(rec), ...this.#store.blockIndexOps(cid, 'spool', claim.spoolPath, manifest.leaves, manifest.nodes)])
+    const next = outcome.next
     await this.#removeSidecar(claim)
     this.counters.accepted++
     this.#log.info('file received', { cid, file: claim.name, bytes: manifest.size, readiness: claim.readiness })
-    await this.#tryPlace(cid)
+    if (next.phase === 'placed') {
+      this.#log.info('file placed', { cid, owner: next.owner, backup: next.backup, epoch: next.epoch })
+      this.#drive(next)
+    } else {
+      await this.#tryPlace(cid)
+    }
     return cid
   }
 
@@ -226,8 +278,16 @@ export class IngestService {
     if (canRelease(rec)) this.#release(rec.cid)
   }
 
-  /** Who can give a holder the file's blocks now: this node while it has the spool copy, and holders with receipts. */
+  /**
+   * Who can give a holder the file's blocks now: this node while it has the spool copy, and holders with
+   * receipts. While neither holder has the file, [this node, owner, backup] to both (the swarm rule,
+   * node/swarm.ts): each takes its share from here and the rest from the other, so this node sends the
+   * file about once.
+   */
   #sourcesOf (rec: IngestRecord, role: HolderRole): string[] {
+    if (rec.phase === 'placed' && rec.owner != null && rec.backup != null && rec.ownerStoredAt == null && rec.backupStoredAt == null) {
+      return swarmSources(this.self, [rec.owner, rec.backup])
+    }
     const sources: string[] = []
     if (rec.phase === 'placed') sources.push(this.self)
     if (role === 'owner' && rec.backupStoredAt != null && rec.backup != null) sources.push(rec.backup)
@@ -256,8 +316,9 @@ export class IngestService {
           continue
         }
         const member = view.get(peer)
-        // A draining holder gives up work it has not started: an owner before processing, a backup before its receipt.
-        const handsOff = member?.draining === true && view.isLive(peer) && (role === 'backup' || rec.processing === 'pending')
+        // A draining holder gives up work it has not started: an owner before processing, a backup before its receipt
+        // (after it, a draining backup hands its copy to another backup itself, and stays a source until it stops).
+        const handsOff = member?.draining === true && view.isLive(peer) && (role === 'backup' ? replaceDrainingBackup(rec) : rec.processing === 'pending')
         if (handsOff || this.#absence.observe(`${cid}/${role}`, view.isLive(peer), now)) {
           await this.#reassign(cid, role, peer, handsOff ? 'draining' : 'absent')
         }
@@ -279,19 +340,25 @@ export class IngestService {
       if (role === 'owner') {
         to = successor(cid, view.candidates('process'), excluded)
       } else {
-        const notOwner = new Set([...excluded, ...(rec.owner != null ? [rec.owner] : [])])
-        to = successor(cid, view.candidates('backup'), notOwner) ?? successor(cid, view.candidates('backup'), excluded)
+        // A backup replaced after its receipt keeps its copy but would take a new assignment as a repeat (no
+        // new receipt): never chosen again for the file.
+        const notPast = new Set([...excluded, ...(rec.pastBackups ?? [])])
+        const notOwner = new Set([...notPast, ...(rec.owner != null ? [rec.owner] : [])])
+        to = successor(cid, view.candidates('backup'), notOwner) ?? successor(cid, view.candidates('backup'), notPast)
       }
       if (to == null) {
         this.#log.warn(`no other ${role} to take over: the file waits`, { cid, peer: from, reason })
         excluded.delete(from)
         return undefined
       }
-      const updated = role === 'owner' ? ownerReassigned(rec, to, new Date().toISOString()) : backupReassigned(rec, to)
+      // A backup lost after its receipt is replaced too (re-replication); it keeps its copy if it comes back.
+      const afterReceipt = role === 'backup' && rec.backupStoredAt != null
+      const updated = role === 'owner' ? ownerReassigned(rec, to, new Date().toISOString()) : afterReceipt ? backupReplaced(rec, to) : backupReassigned(rec, to)
       await this.#store.commit([this.#store.putIngest(updated)])
       this.#absence.forget(`${cid}/${role}`)
       if (role === 'owner') this.counters.ownerReassignments++
       else this.counters.backupReassignments++
+      if (afterReceipt) this.counters.extraArchiveCopies++
       this.#log.warn(`${role} reassigned`, { cid, from, to, epoch: updated.epoch, reason })
       return updated
     })
@@ -336,6 +403,58 @@ export class IngestService {
     if ((msg.role === 'owner' ? rec.owner : rec.backup) !== from) return refuse('not-holder', `the file's ${msg.role} is another node now`)
     if (msg.role === 'owner' && msg.epoch !== rec.epoch) return refuse('stale-epoch', `epoch ${msg.epoch} is over; the file's epoch is ${rec.epoch}`)
     return ok()
+  }
+
+  /**
+   * An owner (current or past) asks whether the archive holds the file durably before deleting its working
+   * copy: yes once the current backup's receipt is recorded and that backup is live. A yes to the current
+   * owner of a processed file is recorded: the file needs no more watching.
+   */
+  async onArchived (from: string, msg: ArchivedMessage): Promise<ControlReply> {
+    return await this.#withLock(msg.cid, async () => {
+      const rec = await this.#store.getIngest(msg.cid)
+      if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+      if (from !== rec.owner && rec.pastOwners?.includes(from) !== true) return refuse('not-owner', 'you are not this file\'s owner')
+      if (!archiveHolds(rec, (peer) => this.#members.view.isLive(peer))) {
+        return refuse('not-archived', rec.backupStoredAt == null ? `no receipt from the backup ${rec.backup ?? ''} yet` : `the backup ${rec.backup ?? ''} is not live`)
+      }
+      if (from === rec.owner && rec.processing === 'processed' && rec.archiveConfirmedAt == null) {
+        await this.#store.commit([this.#store.putIngest(archiveConfirmed(rec, new Date().toISOString()))])
+        this.#log.debug('owner told the archive holds the file', { cid: msg.cid, peer: from, backup: rec.backup })
+      }
+      return ok()
+    })
+  }
+
+  /**
+   * The file's backup (draining) handed its archive copy to another live backup member: while the file is
+   * still watched, that member becomes the backup (the old one is a past backup, keeping its copy) and is
+   * assigned the file, which it holds already; its receipt is then recorded as usual. Only the current
+   * backup may say so, and only for a live, non-draining backup member.
+   */
+  async onHandoff (from: string, msg: HandoffMessage): Promise<ControlReply> {
+    let updated: IngestRecord | undefined
+    const reply = await this.#withLock(msg.cid, async () => {
+      const rec = await this.#store.getIngest(msg.cid)
+      if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+      if (rec.backup !== from) {
+        if (rec.pastBackups?.includes(from) === true) return ok() // replaced already; its copy is an extra one
+        this.counters.rejectedReports++
+        this.#log.warn('hand-off notice from a peer that is not the backup', { cid: msg.cid, peer: from })
+        return refuse('not-holder', 'you are not this file\'s backup')
+      }
+      if (rec.backupStoredAt == null || !backupWatched(rec)) return ok()
+      if (msg.to === from || !this.#members.view.candidates('backup').some((c) => c.id === msg.to)) return refuse('bad-target', `${msg.to} is not a live, non-draining backup member`)
+      updated = backupReplaced(rec, msg.to)
+      await this.#store.commit([this.#store.putIngest(updated)])
+      this.#absence.forget(`${msg.cid}/backup`)
+      this.counters.backupReassignments++
+      this.counters.extraArchiveCopies++
+      this.#log.info('backup handed off its copy: the new backup takes over', { cid: msg.cid, from, to: msg.to })
+      return ok()
+    })
+    if (updated != null) this.#drive(updated)
+    return reply
   }
 
   /** The owner's processing report: recorded only from the owner of the current epoch. */
@@ -391,6 +510,7 @@ export class IngestService {
       }
     }
     for await (const rec of this.#store.ingestRecords()) {
+      this.counters.extraArchiveCopies += rec.pastBackups?.length ?? 0
       if (rec.phase === 'received') await this.#tryPlace(rec.cid)
       else this.#drive(rec)
       if (inPlay(rec)) this.#watched.add(rec.cid)

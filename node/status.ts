@@ -6,6 +6,7 @@
 import type { Member } from './core/membership.ts'
 import type { HolderRecord, IngestRecord } from './core/lifecycle.ts'
 import type { Store } from './store.ts'
+import type { ChannelsStatus } from './channel-status.ts'
 
 export interface FileCounts {
   total: number
@@ -69,6 +70,8 @@ export interface NodeStatus {
     fetched?: { bytesReceived: number, blocksReceived: number, byPeer: Record<string, { bytesReceived: number, blocks: number }> }
   }
   counters: Record<string, number>
+  /** Broadcast channels followed or published here (node/channel-status.ts). */
+  channels?: ChannelsStatus
 }
 
 export function emptyFileCounts (): FileCounts {

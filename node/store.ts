@@ -10,9 +10,12 @@
  *   6. nodes       dagPbCid '/' rootCid '/' copy -> bytes        dag-pb (UnixFS) interior nodes, a few KiB per file
  *   7. tombstones  rootCid -> Tombstone          files released by this ingest node: the same bytes again are a duplicate
  *   8. roots       rootCid '/' copy '/' ('l'|'n') '/' blockCid -> ''   reverse of 5 and 6, to drop one copy's entries
+ *   9. channels    channelName -> ChannelRecord  broadcast channels (node/channels.ts): versions held, newest known, published
  *
  * `copy` names which copy of the file on this node the entry points into: 'spool' (ingest), 'owner' (working
- * copy), 'backup' (archive); one machine with several roles can hold several copies of one file.
+ * copy), 'backup' (archive), 'channel:NAME:VERSION' (one version of a broadcast channel: the same bytes may be
+ * two versions or two channels, each dropped on its own); one machine with several roles can hold several
+ * copies of one file.
  *
  * File bytes are never stored here: a raw leaf is a byte range of a plain file (spool, work or archive).
  * Every write that a receipt, a deletion or a processing decision depends on goes through `commit()`, one
@@ -21,6 +24,7 @@
 import { Level } from 'level'
 import type { HolderRole } from '../protocols/messages.ts'
 import type { HolderRecord, IngestRecord, Readiness } from './core/lifecycle.ts'
+import type { ChannelRecord } from './channel-record.ts'
 
 export const STORE_VERSION = 1
 
@@ -41,7 +45,12 @@ export interface LeafLocation {
   length: number
 }
 
-export type CopyKind = 'spool' | 'owner' | 'backup'
+export type CopyKind = 'spool' | 'owner' | 'backup' | `channel:${string}:${number}`
+
+/** The copy kind of one version of a broadcast channel (channel names have no ':'). */
+export function channelCopy (channel: string, version: number): CopyKind {
+  return `channel:${channel}:${version}`
+}
 
 export interface Tombstone {
   name: string
@@ -74,6 +83,7 @@ export class Store {
   readonly #nodes: any
   readonly #tombstones: JsonSub
   readonly #roots: JsonSub
+  readonly #channels: JsonSub
 
   constructor (path: string) {
     this.db = new Level<string, Json>(path, { valueEncoding: 'json' })
@@ -85,6 +95,7 @@ export class Store {
     this.#nodes = this.db.sublevel<string, Uint8Array>('nodes', { valueEncoding: 'view' })
     this.#tombstones = this.db.sublevel('tombstones', { valueEncoding: 'json' })
     this.#roots = this.db.sublevel('roots', { valueEncoding: 'json' })
+    this.#channels = this.db.sublevel('channels', { valueEncoding: 'json' })
   }
 
   async open (): Promise<void> {
@@ -142,11 +153,14 @@ export class Store {
     return ops
   }
   putTombstone (rootCid: string, t: Tombstone): StoreOp { return { type: 'put', sublevel: this.#tombstones, key: rootCid, value: t } }
+  putChannel (r: ChannelRecord): StoreOp { return { type: 'put', sublevel: this.#channels, key: r.channel, value: r } }
 
   // ---- reads ----
   async getIngest (cid: string): Promise<IngestRecord | undefined> { return await this.#ingest.get(cid) as IngestRecord | undefined }
   async getHolder (cid: string, role: HolderRole): Promise<HolderRecord | undefined> { return await this.#holder.get(holderKey(cid, role)) as HolderRecord | undefined }
   async getTombstone (cid: string): Promise<Tombstone | undefined> { return await this.#tombstones.get(cid) as Tombstone | undefined }
+  async getChannel (channel: string): Promise<ChannelRecord | undefined> { return await this.#channels.get(channel) as ChannelRecord | undefined }
+  async * channelRecords (): AsyncGenerator<ChannelRecord> { for await (const v of this.#channels.values()) yield v as ChannelRecord }
 
   async * claims (): AsyncGenerator<Claim> { for await (const v of this.#claims.values()) yield v as Claim }
   async * ingestRecords (): AsyncGenerator<IngestRecord> { for await (const v of this.#ingest.values()) yield v as IngestRecord }

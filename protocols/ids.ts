@@ -9,3 +9,5 @@ export const CONTROL_PROTOCOL = '/filemesh/control/1.0.0'
 export const MEMBERS_TOPIC = '/filemesh/members/1'
 /** Signed file announcements from ingest nodes. */
 export const FILES_TOPIC = '/filemesh/files/1'
+/** Broadcast channels: publishers' signed version announcements and every follower's have-maps. */
+export const CHANNELS_TOPIC = '/filemesh/channels/1'

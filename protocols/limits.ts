@@ -70,3 +70,30 @@ export const CONTROL_REQUESTS_OUTBOUND_PER_PEER_MAX = 4
 export const PEER_PENALTY_MS = 10_000
 /** Peers tracked by each rate limiter (bounded memory; idle peers are forgotten first). */
 export const RATE_LIMITED_PEERS_MAX = 10_000
+/** Longest broadcast channel name (ASCII: [A-Za-z0-9._-]); it becomes a directory and file name prefix. */
+export const CHANNEL_NAME_BYTES_MAX = 64
+/** Largest block bitmap a channel-have message carries (64 Ki leaves = a 64 GiB file; larger: complete-only haves). */
+export const CHANNEL_HAVE_BITMAP_BLOCKS_MAX = 65_536
+/** Channels one node keeps state for (followed, published, or seen with --follow-all). */
+export const CHANNELS_TRACKED_MAX = 1_024
+/** Peers whose have-maps one channel fetch remembers. */
+export const CHANNEL_PEERS_TRACKED_MAX = 1_024
+/** Block requests one channel fetch keeps outstanding over all its sources (~1 MiB of memory each). */
+export const CHANNEL_BLOCKS_IN_FLIGHT_MAX = 16
+/** Peer IDs in a --channel-publishers allowlist file. */
+export const CHANNEL_PUBLISHERS_MAX = 1_024
+/** Largest body of an API publish request (a JSON object naming the channel and the staged file). */
+export const CHANNEL_PUBLISH_REQUEST_BYTES_MAX = 4 * KiB
+/**
+ * Longest a block server holds a request for a block it does not have yet but a fetch of its own is about
+ * to write (swarm transfer: a holder asks its partner for the partner's share as it arrives); then NOT_FOUND.
+ */
+export const BLOCK_INFLIGHT_WAIT_MS = 3_000
+/** Block requests waiting for such a block at once, all peers together; more are answered at once. */
+export const BLOCK_REQUESTS_WAITING_MAX = 128
+/** Gets by CID (`filemesh get`, GET /api/cid/CID) one node serves at once; more are answered 503. */
+export const GET_REQUESTS_MAX = 4
+/** Holders one get pulls from at once; the search for holders stops once this many said yes. */
+export const GET_SOURCES_MAX = 4
+/** "Who has this root CID?" control requests one get keeps in flight. */
+export const GET_HOLDER_QUERIES_IN_FLIGHT_MAX = 16

@@ -62,9 +62,30 @@ export interface BenchFigures {
   rsyncLatencyP50Ms: number | null
   rsyncLatencyP99Ms: number | null
   latencyP50VsRsync: number | null
-  broadcastSeconds: null
-  publisherEgressRatio: null
-  broadcastReason: string
+  broadcastFollowers: number
+  broadcastMiB: number
+  /** From the publish request until every follower's NAME.current points at the new version. */
+  broadcastSeconds: number | null
+  /** Block bytes the publisher served during the broadcast / file size. */
+  publisherEgressRatio: number | null
+  /** Block bytes the followers served each other / file size. */
+  broadcastFollowersEgressRatio?: number
+  /** Median follower's switch time, from the publish request. */
+  broadcastSwitchP50Seconds?: number | null
+  /** The publish request alone (copy into the node, hash, record, announce). */
+  broadcastPublishSeconds?: number
+  /** File bytes delivered to all followers together per second (1e6 bytes). */
+  broadcastMBps?: number
+  broadcastPeakRssMiB?: { publisher: number | null, followersMax: number | null }
+  /** Every follower's copy re-hashed to the source. */
+  broadcastVerified?: boolean
+  /** Channel gossip messages (announcements, have-maps) all nodes sent during the broadcast. */
+  broadcastChannelMessages?: number
+  /** CPU seconds all broadcast daemons used during the broadcast; and per second, all together, while idle before it. */
+  broadcastCpuSeconds?: number | null
+  broadcastIdleCpuPerSecond?: number | null
+  /** Why the broadcast figures are null, when they are. */
+  broadcastReason?: string
   maxRssMiB: number | null
   rssMiB?: NodeFigures
   /** Resident set size of each daemon right after it started (before any file). */
@@ -111,7 +132,8 @@ export function renderTable (f: BenchFigures): string {
     [`small files (${f.smallFiles} × ${f.smallKiB} KiB)`, fmt(f.smallFilesPerSec, 0, ' files/s'), rsyncRef(fmt(f.rsyncSmallFilesPerSec, 0, ' files/s')), x(f.smallVsRsync), '>= 500 files/s', met(f.smallFilesPerSec, (r) => r >= 500)],
     [`latency p50 (${f.latencyMiB} MiB, ${f.latencyRuns} runs)`, fmt(f.latencyP50Ms, 0, ' ms'), rsyncRef(fmt(f.rsyncLatencyP50Ms, 0, ' ms')), x(f.latencyP50VsRsync), '<= 100 ms', met(f.latencyP50Ms, (r) => r <= 100)],
     ['latency p99', fmt(f.latencyP99Ms, 0, ' ms'), rsyncRef(fmt(f.rsyncLatencyP99Ms, 0, ' ms')), '', '', ''],
-    ['broadcast (1 -> 10, 200 MiB)', 'null', f.broadcastReason, '', 'egress <= 1.3x', 'n/a'],
+    [`broadcast (1 -> ${f.broadcastFollowers}, ${f.broadcastMiB} MiB)`, fmt(f.broadcastSeconds, 1, ' s'), f.broadcastReason ?? '', '', '', ''],
+    ['  publisher egress', fmt(f.publisherEgressRatio, 2, 'x file'), `pushing to each sends ${f.broadcastFollowers}x`, '', '<= 1.3x', met(f.publisherEgressRatio, (r) => r <= 1.3)],
     ['max RSS per daemon', fmt(f.maxRssMiB, 0, ' MiB'), '', '', '<= 256 MiB', met(f.maxRssMiB, (r) => r <= 256)]
   ]
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
@@ -123,6 +145,7 @@ export function renderTable (f: BenchFigures): string {
     `end-to-end CPU seconds: ${perNode(f.e2eCpuSeconds, 1)}; machine busy ${fmt(f.e2eMachineBusyCores, 2)} of ${f.cpus} CPUs`,
     `small files: ingest intake ${fmt(f.smallIntakeFilesPerSec, 0, ' files/s')}; received -> both receipts p50 ${fmt(f.smallReceivedToReceiptsP50Ms, 0, ' ms')} per file; CPU seconds ${perNode(f.smallCpuSeconds, 1)}; machine busy ${fmt(f.smallMachineBusyCores, 2)} of ${f.cpus} CPUs`,
     `peak RSS MiB: ${perNode(f.rssMiB, 0)} (RSS after start: ${perNode(f.rssAtStartMiB, 0)}; at the end: ${perNode(f.rssAtEndMiB, 0)})`,
+    `broadcast: publish request ${fmt(f.broadcastPublishSeconds, 2, ' s')}; median follower switched after ${fmt(f.broadcastSwitchP50Seconds, 1, ' s')}; followers served each other ${fmt(f.broadcastFollowersEgressRatio, 2, 'x file')}; ${f.broadcastChannelMessages ?? '-'} channel messages; daemons' CPU ${fmt(f.broadcastCpuSeconds, 1, ' s')} (idle ${fmt(f.broadcastIdleCpuPerSecond, 2, ' CPU-s/s')}); ${fmt(f.broadcastMBps, 1, ' MB/s')} delivered in all; peak RSS MiB publisher ${fmt(f.broadcastPeakRssMiB?.publisher, 0)}, followers max ${fmt(f.broadcastPeakRssMiB?.followersMax, 0)}; verified ${f.broadcastVerified == null ? '-' : f.broadcastVerified ? 'yes' : 'NO'}`,
     `rsync: ${f.rsync ?? f.rsyncSkipped ?? 'not run'}${f.rsyncFsync === false ? ' (no --fsync: sync after the push, timed)' : ''}`,
     `verified: ${f.verified == null ? 'no mesh phase ran' : f.verified ? `yes, ${f.verifiedFiles ?? 0} files byte-identical in the archive and processed exactly once` : 'NO (see the errors above)'}`,
     `phases: ${Object.entries(f.phases).map(([name, p]) => `${name} ${p.seconds.toFixed(1)} s (load ${p.loadAtStart.toFixed(1)} -> ${p.loadAtEnd.toFixed(1)}${p.peakRssMiB != null ? `, peak RSS ${perNode(p.peakRssMiB, 0)}` : ''})`).join('; ')}`,

@@ -6,12 +6,15 @@
  *     (two `rsync --daemon` on loopback, both pushes at once with --fsync) and vs one raw libp2p stream;
  *     the landing node's block egress / payload;
  *   - small files (2,000 × 64 KiB) per second; latency of one 10 MiB file (drop -> both receipts), p50/p99;
- *   - peak RSS per daemon; broadcast is not built yet (null).
+ *   - broadcast (sim/bench-broadcast.ts): 1 publisher + N followers (separate daemons), one file published on
+ *     a channel: seconds until every follower switched NAME.current, publisher egress / file size;
+ *   - peak RSS per daemon.
  * Prints progress on stderr, a table on stdout and, last, one JSON line. Every file is checked against its
  * source (archive byte-identical, processed exactly once on the right bytes): exit 1 if any check fails.
  *
  *   npm run bench [-- --quick] [--files N] [--file-mib N] [--small-files N] [--small-kib N]
- *                 [--latency-runs N] [--latency-mib N] [--stream-mib N] [--only e2e,small,latency,rsync,stream]
+ *                 [--latency-runs N] [--latency-mib N] [--stream-mib N] [--broadcast-followers N] [--broadcast-mib N]
+ *                 [--only e2e,small,latency,rsync,stream,broadcast]
  *                 [--cpu-prof DIR] [--no-install] [--keep] [--timeout-s N]
  */
 import fs from 'node:fs/promises'
@@ -26,14 +29,14 @@ import { measureStreamLimit } from './stream-limit.ts'
 import { pushBatch, pushEach, syncDisks } from './bench-rsync.ts'
 import { busyCores, machineCpuTimes } from './proc-stats.ts'
 import { startWatchdog } from './watchdog.ts'
+import { BroadcastBench } from './bench-broadcast.ts'
 import { percentile, ratio, renderTable } from './bench-report.ts'
 import type { BenchFigures, PhaseRecord } from './bench-report.ts'
 
 const KiB = 1024
 const MiB = 1024 * KiB
-const PHASES = ['stream', 'rsync', 'e2e', 'small', 'latency'] as const
+const PHASES = ['stream', 'rsync', 'e2e', 'small', 'latency', 'broadcast'] as const
 type Phase = typeof PHASES[number]
-const BROADCAST_NOT_BUILT = 'broadcast channels not implemented yet'
 
 const { values: opts } = parseArgs({
   options: {
@@ -45,6 +48,8 @@ const { values: opts } = parseArgs({
     'latency-runs': { type: 'string' },
     'latency-mib': { type: 'string' },
     'stream-mib': { type: 'string' },
+    'broadcast-followers': { type: 'string' },
+    'broadcast-mib': { type: 'string' },
     only: { type: 'string' },
     'cpu-prof': { type: 'string' },
     'no-install': { type: 'boolean', default: false },
@@ -56,7 +61,8 @@ const { values: opts } = parseArgs({
 
 if (opts.help) {
   process.stdout.write('usage: npm run bench -- [--quick] [--files N] [--file-mib N] [--small-files N] [--small-kib N] [--latency-runs N]\n' +
-    '                      [--latency-mib N] [--stream-mib N] [--only e2e,small,latency,rsync,stream] [--cpu-prof DIR]\n' +
+    '                      [--latency-mib N] [--stream-mib N] [--broadcast-followers N] [--broadcast-mib N]\n' +
+    '                      [--only e2e,small,latency,rsync,stream,broadcast] [--cpu-prof DIR]\n' +
     '                      [--no-install] [--keep] [--timeout-s N]\n')
   process.exit(0)
 }
@@ -78,6 +84,8 @@ const cfg = {
   latencyRuns: num('latency-runs', opts['latency-runs'], 5, 20),
   latencyBytes: Math.round(num('latency-mib', opts['latency-mib'], 10, 10) * MiB),
   streamBytes: Math.round(num('stream-mib', opts['stream-mib'], 128, 512) * MiB),
+  broadcastFollowers: Math.round(num('broadcast-followers', opts['broadcast-followers'], 3, 10)),
+  broadcastBytes: Math.round(num('broadcast-mib', opts['broadcast-mib'], 8, 200) * MiB),
   timeoutMs: num('timeout-s', opts['timeout-s'], 120, 900) * 1000
 }
 const only = new Set<Phase>(opts.only == null ? PHASES : opts.only.split(',').map((s) => s.trim()).filter((s): s is Phase => {
@@ -94,6 +102,7 @@ const watchdog = startWatchdog(root)
 const cpuProfDir = opts['cpu-prof'] != null ? path.resolve(opts['cpu-prof']) : undefined
 let mesh: MeshBench | undefined
 let rsync: RsyncFanOut | undefined
+let broadcast: BroadcastBench | undefined
 let cleaning: Promise<void> | undefined
 let interrupted = false
 const interrupt = new AbortController()
@@ -101,6 +110,7 @@ async function cleanup (): Promise<void> {
   cleaning ??= (async () => {
     await rsync?.stop().catch(() => {})
     await mesh?.stop().catch(() => {})
+    await broadcast?.stop().catch(() => {})
     if (opts.keep) say(`kept ${root}`)
     else await fs.rm(root, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 })
     watchdog.stop()
@@ -266,6 +276,40 @@ async function meshPhase (f: BenchFigures): Promise<boolean> {
   return v.ok
 }
 
+/** 1 publisher -> N followers, one file: seconds until every follower switched, publisher egress / file size. */
+async function broadcastPhase (f: BenchFigures): Promise<boolean> {
+  if (cfg.broadcastFollowers < 1 || cfg.broadcastBytes < 1) {
+    f.broadcastReason = 'skipped: --broadcast-followers or --broadcast-mib is 0'
+    return true
+  }
+  if (cpuProfDir != null) await fs.mkdir(cpuProfDir, { recursive: true })
+  const b = new BroadcastBench({ root, followers: cfg.broadcastFollowers, fileBytes: cfg.broadcastBytes, timeoutMs: cfg.timeoutMs, say, signal: interrupt.signal, ...(cpuProfDir != null ? { nodeOptions: `--cpu-prof --cpu-prof-dir=${cpuProfDir}` } : {}) })
+  broadcast = b
+  try {
+    say(`starting 1 publisher + ${cfg.broadcastFollowers} follower daemons`)
+    await b.start()
+    await syncDisks()
+    say(`broadcast: one ${cfg.broadcastBytes / MiB} MiB file published to ${cfg.broadcastFollowers} followers`)
+    const r = await b.run()
+    f.broadcastSeconds = r.seconds
+    f.publisherEgressRatio = r.publisherEgressRatio
+    f.broadcastFollowersEgressRatio = r.followersEgressRatio
+    f.broadcastSwitchP50Seconds = percentile(r.switchSeconds, 50)
+    f.broadcastPublishSeconds = r.publishSeconds
+    f.broadcastMBps = cfg.broadcastBytes * cfg.broadcastFollowers / 1e6 / r.seconds
+    f.broadcastPeakRssMiB = r.peakRssMiB
+    f.broadcastVerified = r.verified
+    f.broadcastChannelMessages = r.channelMessages
+    f.broadcastCpuSeconds = r.cpuSeconds
+    f.broadcastIdleCpuPerSecond = r.idleCpuPerSecond
+    for (const p of r.problems) say(`BROADCAST VERIFY FAILED: ${p}`)
+    return r.verified
+  } finally {
+    await b.stop()
+    broadcast = undefined
+  }
+}
+
 async function main (): Promise<number> {
   const f: BenchFigures = {
     mode: opts.quick ? 'quick' : 'full',
@@ -275,7 +319,7 @@ async function main (): Promise<number> {
     e2eVsRsync: null, e2eVsStreamLimit: null, landingEgressRatio: null,
     smallFilesPerSec: null, rsyncSmallFilesPerSec: null, smallVsRsync: null,
     latencyP50Ms: null, latencyP99Ms: null, rsyncLatencyP50Ms: null, rsyncLatencyP99Ms: null, latencyP50VsRsync: null,
-    broadcastSeconds: null, publisherEgressRatio: null, broadcastReason: BROADCAST_NOT_BUILT,
+    broadcastFollowers: cfg.broadcastFollowers, broadcastMiB: cfg.broadcastBytes / MiB, broadcastSeconds: null, publisherEgressRatio: null,
     maxRssMiB: null, verified: null,
     cpus: os.cpus().length, loadAvg1m: os.loadavg()[0] ?? 0, node: process.version, phases: {}
   }
@@ -286,6 +330,10 @@ async function main (): Promise<number> {
   interrupt.signal.throwIfAborted()
   let ok = true
   if (meshPhases.length > 0) ok = await meshPhase(f)
+  interrupt.signal.throwIfAborted()
+  if (only.has('broadcast')) await phase(f, 'broadcast', async () => { ok = await broadcastPhase(f) && ok })
+  const broadcastRss = [f.broadcastPeakRssMiB?.publisher, f.broadcastPeakRssMiB?.followersMax].filter((v): v is number => v != null)
+  if (broadcastRss.length > 0) f.maxRssMiB = Math.max(f.maxRssMiB ?? 0, ...broadcastRss)
   f.e2eVsRsync = ratio(f.e2eMBps, f.rsyncMBps)
   f.e2eVsStreamLimit = ratio(f.e2eMBps, f.streamLimitMBps)
   f.smallVsRsync = ratio(f.smallFilesPerSec, f.rsyncSmallFilesPerSec)

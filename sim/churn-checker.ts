@@ -8,7 +8,9 @@
  *   I3 deletion    each ingest deletion is preceded, in that ingest's log, by 'receipt recorded' for owner and
  *                  backup from the holders current at that point, and each of them logged 'stored durably'
  *                  before it (churn-deletions.ts)
- *   I4 multiplicity runs per file from the command's records; each extra run traced to a fault
+ *   I4 multiplicity runs per file from the command's records; each extra run traced to a fault (a kill or
+ *                  leave of the first run's node, a partition that cut an owner off from its coordinator,
+ *                  or a kill of a coordinator)
  *   I5 liveness    per-file completion after the last fault healed; time to quiescence
  *   I7 resources   max RSS and fds per node; idle directories empty
  * It never trusts the daemon's own counts for a verdict; they are reported next to its own for comparison.
@@ -17,7 +19,7 @@ import type { NodeStatus } from '../node/status.ts'
 import { readRunRecords } from './churn-command.ts'
 import type { RunRecord } from './churn-command.ts'
 import type { ChurnLedgerEntry } from './churn-injector.ts'
-import { MSG_DELETED, MSG_PLACED, MSG_PROCESSED, MSG_RECEIPT, MSG_RECEIVED, MSG_STALE, readNodeLog } from './churn-logs.ts'
+import { MSG_DELETED, MSG_OWNER_REASSIGNED, MSG_PLACED, MSG_PROCESSED, MSG_RECEIPT, MSG_RECEIVED, MSG_STALE, readNodeLog } from './churn-logs.ts'
 import type { LogEvent, NodeLog } from './churn-logs.ts'
 import type { NodeResources } from './churn-resources.ts'
 import type { KillMoment } from './churn-schedule.ts'
@@ -38,15 +40,22 @@ export interface CheckedNode {
 }
 
 export interface ExecutedFault {
-  kind: 'kill' | 'join' | 'leave'
+  kind: 'kill' | 'join' | 'leave' | 'drain' | 'partition'
+  /** The node faulted; PARTITION_NODE for a partition. */
   node: string
+  /** Partition: the two sides, by node name. */
+  sides?: [string[], string[]]
+  /** Partition: nodes that still saw a live member across the cut just before the heal (empty: the cut held). */
+  crossSeen?: string[]
+  /** Drain: from the drain request to "safe to remove". */
+  drainMs?: number
   when?: KillMoment
   scheduledAtMs: number
   /** Wall-clock ms of the SIGKILL / start / SIGTERM. */
   atMs: number
   /** For 'transfer' / 'processing' kills: the moment was seen before the kill (else it timed out). */
   momentMet?: boolean
-  /** Wall-clock ms when the node served again (kill) or first served (join). */
+  /** Wall-clock ms when the node served again (kill), first served (join), was stopped (leave, drain), or the cut healed (partition). */
   healedAtMs?: number
   /** How long the (re)start took until the daemon served. */
   startMs?: number
@@ -65,7 +74,11 @@ export interface CheckerInput {
   lastHealAtMs: number
   quiescedAtMs?: number
   quiesceLimitMs: number
+  /** Why the schedule's partitions were not carried out (no network namespaces here). */
+  partitionsSkipped?: string
 }
+
+export const PARTITION_NODE = 'mesh'
 
 export interface FileProblem {
   name: string
@@ -103,6 +116,13 @@ export interface ChurnReport {
   killsByMoment: Record<string, number>
   joins: number
   leaves: number
+  /** Drains that reached "safe to remove" and stopped the node. */
+  drains: number
+  /** Partitions carried out (cut and healed). */
+  partitions: number
+  /** Sides and length of each partition, for the summary. */
+  partitionList: string[]
+  partitionsSkipped?: string
   faultErrors: string[]
   recoveryMs: { p50: number, p99: number, max: number, files: number }
   /** Injection finished this late against the schedule (host load); restarts took this long to serve. */
@@ -166,7 +186,7 @@ export async function check (input: CheckerInput): Promise<ChurnReport> {
   const deletions = await checkDeletions(logs, input.nodes, input.faults, byCid)
 
   // I4.
-  const duplicates = traceDuplicates(runsByCid, byCid, input.faults, input.nodes, input.startedAtMs)
+  const duplicates = traceDuplicates(runsByCid, byCid, input.faults, input.nodes, input.startedAtMs, reassignmentTimes(logs))
   const duplicateRuns = duplicates.reduce((n, d) => n + d.runs.length - 1, 0)
 
   // I5: per-file completion (outcome recorded and ingest copy deleted) after the last fault healed.
@@ -185,6 +205,7 @@ export async function check (input: CheckerInput): Promise<ChurnReport> {
     daemon.staleCompletions += s.files.staleCompletions
   }
   const kills = input.faults.filter((f) => f.kind === 'kill')
+  const partitions = input.faults.filter((f) => f.kind === 'partition' && f.error == null)
   const killsByMoment: Record<string, number> = {}
   for (const k of kills) {
     const key = k.when === 'transfer' || k.when === 'processing' ? `${k.when}${k.momentMet === true ? '' : ' (moment not seen)'}` : k.when ?? 'now'
@@ -219,6 +240,10 @@ export async function check (input: CheckerInput): Promise<ChurnReport> {
     killsByMoment,
     joins: input.faults.filter((f) => f.kind === 'join').length,
     leaves: input.faults.filter((f) => f.kind === 'leave').length,
+    drains: input.faults.filter((f) => f.kind === 'drain' && f.error == null && f.healedAtMs != null).length,
+    partitions: partitions.length,
+    partitionList: partitions.map((p) => `at +${((p.atMs - input.startedAtMs) / 1000).toFixed(1)}s for ${(((p.healedAtMs ?? p.atMs) - p.atMs) / 1000).toFixed(1)}s: ${p.sides?.[0].join(',') ?? '?'} | ${p.sides?.[1].join(',') ?? '?'}${p.crossSeen == null ? '' : p.crossSeen.length === 0 ? ' (held: no node saw the other side before the heal)' : ` (LEAKED: ${p.crossSeen.join(', ')})`}`),
+    ...(input.partitionsSkipped != null ? { partitionsSkipped: input.partitionsSkipped } : {}),
     faultErrors: input.faults.filter((f) => f.error != null).map((f) => `${f.kind} ${f.node}: ${f.error ?? ''}`),
     recoveryMs: { p50: quantile(afterHeal, 0.5), p99: quantile(afterHeal, 0.99), max: afterHeal.at(-1) ?? 0, files: afterHeal.length },
     injectLagMs: spread(input.ledger.map((e) => e.lagMs)),
@@ -245,6 +270,13 @@ function acceptedCids (logs: NodeLog[]): Set<string> {
   const out = new Set<string>()
   const coordinatorMsgs = new Set([MSG_RECEIVED, MSG_PLACED, MSG_RECEIPT, MSG_DELETED, MSG_PROCESSED])
   for (const l of logs) for (const ev of l.events) if (coordinatorMsgs.has(ev.msg) && ev.cid != null) out.add(ev.cid)
+  return out
+}
+
+/** When each file's owner was reassigned, per its coordinators' logs. */
+function reassignmentTimes (logs: NodeLog[]): Map<string, number[]> {
+  const out = new Map<string, number[]>()
+  for (const l of logs) for (const ev of l.events) if (ev.msg === MSG_OWNER_REASSIGNED && ev.cid != null) out.set(ev.cid, [...(out.get(ev.cid) ?? []), ev.timeMs])
   return out
 }
 

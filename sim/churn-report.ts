@@ -45,6 +45,10 @@ export function summaryJson (r: ChurnReport, ctx: ReportContext): Record<string,
     kills: r.kills,
     joins: r.joins,
     leaves: r.leaves,
+    drains: r.drains,
+    partitions: r.partitions,
+    ...(r.partitionsSkipped != null ? { partitionsSkipped: r.partitionsSkipped } : {}),
+    faultErrors: r.faultErrors.length,
     recoveryMsP50: r.recoveryMs.p50,
     recoveryMsP99: r.recoveryMs.p99,
     recoveryMsMax: r.recoveryMs.max,
@@ -71,7 +75,9 @@ export function formatReport (r: ChurnReport, ctx: ReportContext): string {
   rows.push(['unsafe deletes (I3)', `${r.unsafeDeletes.length} of ${r.deletesChecked} ingest deletions checked${r.deletesUnlogged > 0 ? ` (${r.deletesUnlogged} found only in the store: killed before the log line)` : ''}${r.deletesExplainedByStore.length > 0 ? ` (${r.deletesExplainedByStore.length} missing log lines explained by a durable record + SIGKILL)` : ''}`])
   const untraced = r.duplicates.filter((d) => !d.traced).length
   rows.push(['processed >1 (I4)', `${r.duplicates.length} files (${pct(r.duplicates.length, r.files)}%), ${r.duplicateRuns} extra runs, ${r.duplicates.length - untraced} traced to a fault, ${untraced} untraced; daemon counted ${r.daemon.staleCompletions} stale-epoch completions; ${r.reassignments} holder reassignments`])
-  rows.push(['faults', `${r.kills} SIGKILL+restart (${Object.entries(r.killsByMoment).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}), ${r.joins} joins, ${r.leaves} leaves${r.faultErrors.length > 0 ? `, ${r.faultErrors.length} fault actions failed` : ''}`])
+  rows.push(['faults', `${r.kills} SIGKILL+restart (${Object.entries(r.killsByMoment).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}), ${r.joins} joins, ${r.leaves} leaves, ${r.drains} drains (safe to remove, then stopped), ${r.partitions} partitions${r.faultErrors.length > 0 ? `, ${r.faultErrors.length} fault actions failed` : ''}`])
+  if (r.partitionList.length > 0) rows.push(['partitions', r.partitionList.join('; ')])
+  if (r.partitionsSkipped != null) rows.push(['partitions', `SKIPPED: ${r.partitionsSkipped}`])
   rows.push(['recovery (I5)', `${r.recoveryMs.files} files completed after the last fault healed: p50 ${s(r.recoveryMs.p50)}, p99 ${s(r.recoveryMs.p99)}, max ${s(r.recoveryMs.max)}; quiescence ${r.quiesceMs != null ? `${s(r.quiesceMs)} after the last fault healed` : `NOT reached within ${s(ctx.quiesceLimitMs)}`}`])
   rows.push(['load', `injection lag behind schedule p50 ${s(r.injectLagMs.p50)}, max ${s(r.injectLagMs.max)}; daemon (re)start to serving p50 ${s(r.restartMs.p50)}, max ${s(r.restartMs.max)}`])
   rows.push(['throughput', `${r.throughputMBps} MB/s end to end over ${s(r.elapsedMs)} (${(r.files / (r.elapsedMs / 1000)).toFixed(2)} files/s), including the fault window`])

@@ -1,8 +1,11 @@
 /**
- * One churn run, start to finish: start the schedule's daemons in a temp dir on loopback, inject its files
+ * One churn run, start to finish: start the schedule's daemons in a temp dir on loopback (or, when the
+ * schedule has partitions, each in its own network namespace: sim/netns.ts; if namespaces cannot be made
+ * here, the run says why and goes on on loopback without its partitions), inject its files
  * and carry out its faults at their offsets, stop faulting, wait (bounded) for quiescence, take every
- * daemon's final `filemesh status --json`, stop the daemons, and hand everything to the checker. Daemons and
- * the temp dir are always cleaned up (abort included); the dir is kept on failure or when asked, and said.
+ * daemon's final `filemesh status --json`, stop the daemons, and hand everything to the checker. Daemons,
+ * namespaces and the temp dir are always cleaned up (abort included); the dir is kept on failure or when
+ * asked, and said.
  * `npm run churn` (sim/churn.ts) is the command line; test/churn.test.ts runs a small schedule.
  */
 import { execFile } from 'node:child_process'
@@ -19,6 +22,7 @@ import { ResourceSampler, leftovers } from './churn-resources.ts'
 import { formatSchedule, parseSchedule } from './churn-schedule.ts'
 import type { ChurnSchedule, ScheduledFault, ScheduledFile } from './churn-schedule.ts'
 import { CLI_PATH } from './local-mesh.ts'
+import { NetnsLab } from './netns.ts'
 
 export const DEFAULT_QUIESCE_LIMIT_MS = 120_000
 export const QUIESCE_POLL_MS = 500
@@ -50,6 +54,8 @@ export interface ChurnRunInit {
   signal?: AbortSignal
   /** The command that replays a schedule file, e.g. `npm run churn -- --replay FILE`. */
   replayCommand?: (scheduleFile: string) => string
+  /** How long a drain may take to reach "safe to remove" (default DEFAULT_DRAIN_TIMEOUT_MS). */
+  drainTimeoutMs?: number
 }
 
 export interface ChurnResult {
@@ -77,7 +83,17 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
   say(formatSchedule(schedule))
   say(`schedule written to ${scheduleFile}; run directory ${root}`)
 
-  const mesh = new ChurnMesh(root, schedule.nodes, schedule.config.processMs)
+  let lab: NetnsLab | undefined
+  let partitionsSkipped: string | undefined
+  if (schedule.faults.some((f) => f.kind === 'partition')) {
+    try {
+      lab = await NetnsLab.create(schedule.nodes.map((n) => n.name), { say })
+    } catch (err: any) {
+      partitionsSkipped = String(err?.message ?? err)
+      say(`PARTITIONS SKIPPED: ${partitionsSkipped}; running on 127.0.0.1 without them`)
+    }
+  }
+  const mesh = new ChurnMesh(root, schedule.nodes, schedule.config.processMs, lab != null ? { lab } : {})
   const sampler = new ResourceSampler(() => mesh.livePids())
   let keep = init.keep === true
   try {
@@ -96,7 +112,7 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
     await fs.mkdir(staging, { recursive: true })
     const injector = new Injector({ seed: schedule.config.seed, stagingDir: staging })
     const t0 = Date.now()
-    const nemesis = new Nemesis(mesh, sampler, { waitMaxMs: schedule.config.waitMaxMs, signal, say, t0Ms: t0 })
+    const nemesis = new Nemesis(mesh, sampler, { waitMaxMs: schedule.config.waitMaxMs, signal, say, t0Ms: t0, ...(init.drainTimeoutMs != null ? { drainTimeoutMs: init.drainTimeoutMs } : {}) })
     const progress = setInterval(() => { void progressLine(mesh, injector, nemesis, t0, say) }, PROGRESS_INTERVAL_MS)
     const tasks: Array<Promise<void>> = []
     const ingestNames = ingests.map((n) => n.name)
@@ -138,7 +154,7 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
     // One at a time: a CLI process per daemon at once would only add load at the moment we measure.
     const statuses: Record<string, NodeStatus | { error: string }> = {}
     for (const name of [...mesh.up]) {
-      statuses[name] = await cliStatus(mesh.mesh.dataDir(name)).catch(async (err) => {
+      statuses[name] = await cliStatus(mesh.mesh.dataDir(name), mesh.cliEnv()).catch(async (err) => {
         say(`  \`filemesh status --json\` for ${name} failed (${String(err?.message ?? err).split('\n')[0]}); using the HTTP API`)
         return await mesh.status(name).catch((e) => ({ error: String(e?.message ?? e) }))
       })
@@ -146,6 +162,7 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
     await sampler.sample()
     sampler.stop()
     await mesh.stopAll()
+    await lab?.destroy()
     const left: string[] = []
     for (const n of mesh.checkedNodes()) left.push(...await leftovers(n.name, n.dataDir, n.roles))
     const input: CheckerInput = {
@@ -159,11 +176,12 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
       startedAtMs: t0,
       lastHealAtMs,
       quiescedAtMs,
-      quiesceLimitMs
+      quiesceLimitMs,
+      ...(partitionsSkipped != null ? { partitionsSkipped } : {})
     }
     // Everything the checker gets besides the files, so `npm run churn -- --check DIR` can judge a kept run again.
     await fs.writeFile(path.join(root, CHECKER_INPUT_FILE), JSON.stringify({ ...input, resources: Object.fromEntries(input.resources) }, null, 1) + '\n')
-    await fs.writeFile(path.join(root, 'faults.txt'), nemesis.executed.map((f) => `+${((f.atMs - t0) / 1000).toFixed(1)}s ${f.kind} ${f.node}${f.when != null ? ` when=${f.when}` : ''}${f.momentMet === false ? ' (moment not seen)' : ''}${f.healedAtMs != null ? ` serving again +${((f.healedAtMs - t0) / 1000).toFixed(1)}s` : ''}${f.error != null ? ` ERROR ${f.error}` : ''}`).join('\n') + '\n')
+    await fs.writeFile(path.join(root, 'faults.txt'), nemesis.executed.map((f) => `+${((f.atMs - t0) / 1000).toFixed(1)}s ${f.kind} ${f.sides != null ? `${f.sides[0].join(',')} | ${f.sides[1].join(',')}` : f.node}${f.drainMs != null ? ` safe to remove after ${(f.drainMs / 1000).toFixed(1)}s` : ''}${f.when != null ? ` when=${f.when}` : ''}${f.momentMet === false ? ' (moment not seen)' : ''}${f.healedAtMs != null ? ` serving again +${((f.healedAtMs - t0) / 1000).toFixed(1)}s` : ''}${f.error != null ? ` ERROR ${f.error}` : ''}`).join('\n') + '\n')
     const report = await check(input)
     const ok = invariantsHold(report)
     if (!ok) keep = true
@@ -175,6 +193,7 @@ export async function runChurn (init: ChurnRunInit): Promise<ChurnResult> {
   } finally {
     sampler.stop()
     await mesh.stopAll().catch(() => {})
+    await lab?.destroy().catch((err) => { say(`netns teardown failed: ${err?.message ?? err}`) })
     if (!keep) await fs.rm(root, { recursive: true, force: true }).catch(() => {})
     else say(`run directory kept: ${root}`)
   }
@@ -206,18 +225,20 @@ async function progressLine (mesh: ChurnMesh, injector: Injector, nemesis: Nemes
   for (const name of mesh.ingests()) {
     if (!mesh.up.has(name)) { parts.push(`${name} down`); continue }
     try {
-      const f = (await mesh.status(name)).files
-      parts.push(`${name}: accepted ${f.total} processed ${f.processed} deleted ${f.deletedFromIngest}`)
+      const s = await mesh.status(name)
+      const f = s.files
+      parts.push(`${name}: accepted ${f.total} processed ${f.processed} deleted ${f.deletedFromIngest}${mesh.lab?.sides != null ? ` sees ${s.members.length} members` : ''}`)
     } catch { parts.push(`${name} unreachable`) }
   }
   const down = [...mesh.nodes.keys()].filter((n) => !mesh.up.has(n) && mesh.mesh.nodes.has(n))
-  say(`+${((Date.now() - t0) / 1000).toFixed(0)}s injected ${injector.ledger.length} | ${parts.join(' | ')} | faults ${nemesis.executed.length} | down: ${down.join(',') || 'none'}`)
+  const cut = mesh.lab?.sides
+  say(`+${((Date.now() - t0) / 1000).toFixed(0)}s injected ${injector.ledger.length} | ${parts.join(' | ')} | faults ${nemesis.executed.length} | down: ${down.join(',') || 'none'}${cut != null ? ` | CUT ${cut[0].join(',')} / ${cut[1].join(',')}` : ''}`)
 }
 
 /** `filemesh status --json --data DIR`, as an operator would run it. */
-async function cliStatus (dataDir: string): Promise<NodeStatus> {
+async function cliStatus (dataDir: string, env: NodeJS.ProcessEnv): Promise<NodeStatus> {
   return await new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI_PATH, 'status', '--json', '--data', dataDir], { timeout: CLI_STATUS_TIMEOUT_MS, maxBuffer: 16 << 20 }, (err, out, errOut) => {
+    execFile(process.execPath, [CLI_PATH, 'status', '--json', '--data', dataDir], { timeout: CLI_STATUS_TIMEOUT_MS, maxBuffer: 16 << 20, env }, (err, out, errOut) => {
       if (err != null) reject(new Error(`exit ${String(err.code ?? err.signal)}${err.killed ? ` (killed after ${CLI_STATUS_TIMEOUT_MS} ms)` : ''}: ${errOut.trim()}`))
       else {
         try { resolve(JSON.parse(out) as NodeStatus) } catch (e) { reject(e as Error) }

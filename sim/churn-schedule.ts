@@ -15,10 +15,14 @@
  *              'after-drop' (ingest only: atMs is just after a file injection, so the kill lands in claim/hash)
  *           [{ atMs, kind: 'join', node }]           start a node of `nodes` that has joinAtMs (fresh data dir)
  *           [{ atMs, kind: 'leave', node }]          SIGTERM, never restarted (off by default: needs reassignment)
- *           [{ atMs, kind: 'partition', sides, durationMs }]
- *              TODO: not implemented. Plan (notes/reliability.md: netns + veth work here, no tc): put each side's
- *              daemons in network namespaces on two bridges joined by one veth pair, and cut the mesh with
- *              `ip link set vethX down` for durationMs. The runner refuses a schedule that contains one.
+ *           [{ atMs, kind: 'drain', node }]          `filemesh drain --data DIR`: waits for "safe to remove", then
+ *                                                    stops the node (SIGTERM), never restarted
+ *           [{ atMs, kind: 'partition', sides: [[names], [names]], durationMs }]
+ *              no packet passes between the two sides for durationMs, then the cut heals. Needs every daemon in
+ *              its own network namespace (sim/netns.ts, root only); a run that cannot create them says why and
+ *              carries out the other faults on loopback.
+ * Drains and partitions are drawn from a second PRNG stream of the same seed, so adding them to a config keeps
+ * its files and (but for nodes being drained) its kills.
  */
 import { KiB } from '../protocols/limits.ts'
 import { prng } from './workload.ts'
@@ -49,6 +53,16 @@ export const SETTLE_AFTER_START_MS = 2_000
 export const INGEST_KILL_WEIGHT = 2
 export const DEFAULT_JOINS = 1
 export const DEFAULT_LEAVES = 1
+export const DEFAULT_DRAINS = 1
+/** A partition lasts longer than the daemons' default reassign grace (15 s), so reassignment across the cut happens. */
+export const DEFAULT_PARTITION_MS_MIN = 20_000
+export const DEFAULT_PARTITION_MS_MAX = 40_000
+/** No partition starts before this share of the fault window: files are in flight by then. */
+export const PARTITION_EARLIEST_SHARE = 0.1
+/** A partition takes at most this share of its slot of the fault window (N partitions, N slots). */
+export const PARTITION_SLOT_SHARE_MAX = 0.8
+/** Salt of the second PRNG stream (drains, partitions). */
+export const AUX_STREAM_SALT = 0x5a17_c0de
 /** Sleep in the processing command, so kills can land while it runs. */
 export const DEFAULT_PROCESS_MS = 300
 
@@ -74,7 +88,10 @@ export type ScheduledFault =
   | { atMs: number, kind: 'kill', node: string, when: KillMoment, downMs: number }
   | { atMs: number, kind: 'join', node: string }
   | { atMs: number, kind: 'leave', node: string }
+  | { atMs: number, kind: 'drain', node: string }
   | { atMs: number, kind: 'partition', sides: [string[], string[]], durationMs: number }
+
+export type NodeFault = Exclude<ScheduledFault, { kind: 'partition' }>
 
 export interface ScheduleConfig {
   seed: number
@@ -93,7 +110,12 @@ export interface ScheduleConfig {
   joins: number
   /** Processors leaving for good (SIGTERM, no restart); 0 unless --leave. */
   leaves: number
-  partition: boolean
+  /** Processors drained with `filemesh drain`, then stopped; 0 unless --drains. */
+  drains: number
+  /** Network partitions of the mesh into two sides; 0 unless --partitions. */
+  partitions: number
+  partitionMsMin: number
+  partitionMsMax: number
   processMs: number
 }
 
@@ -126,7 +148,10 @@ export function defaultConfig (seed: number): ScheduleConfig {
     waitMaxMs: DEFAULT_WAIT_MAX_MS,
     joins: DEFAULT_JOINS,
     leaves: 0,
-    partition: false,
+    drains: 0,
+    partitions: 0,
+    partitionMsMin: DEFAULT_PARTITION_MS_MIN,
+    partitionMsMax: DEFAULT_PARTITION_MS_MAX,
     processMs: DEFAULT_PROCESS_MS
   }
 }
@@ -136,8 +161,9 @@ export function generateSchedule (config: ScheduleConfig): ChurnSchedule {
   const processors = config.nodes - config.ingests - config.backups
   if (config.ingests < 1 || config.backups < 2 || processors < 1) throw new ScheduleError(`--nodes ${config.nodes} leaves ${processors} processors: need ≥1 ingest, ≥2 backups and ≥1 processor`)
   if (config.fileBytesMin < 0 || config.fileBytesMax < config.fileBytesMin) throw new ScheduleError('file size range is empty')
-  if (config.partition) throw new ScheduleError('--partition is not implemented yet (see the TODO in sim/churn-schedule.ts)')
+  if (!(config.partitionMsMin > 0) || config.partitionMsMax < config.partitionMsMin) throw new ScheduleError('partition duration range is empty')
   const rand = prng(config.seed)
+  const aux = prng((config.seed ^ AUX_STREAM_SALT) >>> 0)
   const between = (lo: number, hi: number): number => lo + rand() * (hi - lo)
   const nodes: ScheduledNode[] = [
     ...range(config.ingests).map((i): ScheduledNode => ({ name: `ingest${i}`, roles: ['ingest'] })),
@@ -172,13 +198,33 @@ export function generateSchedule (config: ScheduleConfig): ChurnSchedule {
     faults.push({ atMs, kind: 'leave', node })
     freeAt.set(node, Infinity)
   }
+  /** When a drained node stops being a candidate for kills. */
+  const goneAt = new Map<string, number>()
+  for (let d = 0; d < config.drains; d++) {
+    const atMs = Math.round((0.2 + aux() * 0.5) * config.faultWindowMs)
+    const candidates = nodes.filter((n) => n.roles.includes('process') && (freeAt.get(n.name) ?? Infinity) <= atMs && !goneAt.has(n.name))
+    if (candidates.length < 2) continue
+    const node = pick(aux, candidates).name
+    faults.push({ atMs, kind: 'drain', node })
+    goneAt.set(node, atMs)
+  }
+  // A kill must be over (restarted and settled) before its node's drain begins.
+  const killClearMs = config.waitMaxMs + config.downMsMax + RESTART_ALLOWANCE_MS + SETTLE_AFTER_START_MS
+  const notDrained = (n: ScheduledNode, atMs: number): boolean => !(atMs + killClearMs >= (goneAt.get(n.name) ?? Infinity))
+  for (let p = 0; p < config.partitions; p++) {
+    const slotMs = config.faultWindowMs / config.partitions
+    const durationMs = Math.round(Math.min(config.partitionMsMin + aux() * (config.partitionMsMax - config.partitionMsMin), slotMs * PARTITION_SLOT_SHARE_MAX))
+    const earliest = Math.max(p * slotMs, PARTITION_EARLIEST_SHARE * config.faultWindowMs)
+    const atMs = Math.round(earliest + aux() * Math.max(0, (p + 1) * slotMs - durationMs - earliest))
+    faults.push({ atMs, kind: 'partition', sides: splitSides(aux, nodes), durationMs })
+  }
 
   const maxDown = Math.max(1, Math.floor(config.nodes / 3))
   const downUntil: number[] = []
   for (let t = config.killEveryMs * between(0.5, 1.5); t < config.faultWindowMs; t += config.killEveryMs * between(0.5, 1.5)) {
     const atMs = Math.round(t)
     const busy = downUntil.filter((u) => u > atMs).length
-    const candidates = nodes.filter((n) => (freeAt.get(n.name) ?? Infinity) <= atMs)
+    const candidates = nodes.filter((n) => (freeAt.get(n.name) ?? Infinity) <= atMs && notDrained(n, atMs))
     if (busy >= maxDown || candidates.length === 0) continue
     const node = pickWeighted(rand, candidates, (n) => n.roles.includes('ingest') ? INGEST_KILL_WEIGHT : 1)
     const moments: KillMoment[] = node.roles.includes('ingest') ? ['now', 'transfer', 'after-drop'] : node.roles.includes('backup') ? ['now', 'transfer'] : ['now', 'transfer', 'processing']
@@ -221,15 +267,23 @@ export function parseSchedule (text: string): ChurnSchedule {
   }
   for (const f of s.faults) {
     if (!Number.isFinite(f?.atMs)) throw new ScheduleError(`fault without atMs: ${JSON.stringify(f)}`)
-    if (f.kind === 'partition') throw new ScheduleError('partition faults are not implemented yet (see the TODO in sim/churn-schedule.ts)')
-    if (f.kind !== 'kill' && f.kind !== 'join' && f.kind !== 'leave') throw new ScheduleError(`unknown fault kind ${String(f.kind)}`)
+    if (f.kind === 'partition') {
+      const sides = f.sides
+      const ok = Array.isArray(sides) && sides.length === 2 && sides.every((x: unknown) => Array.isArray(x) && x.length > 0 && x.every((n) => names.has(n))) &&
+        new Set([...sides[0], ...sides[1]]).size === sides[0].length + sides[1].length && Number.isFinite(f.durationMs) && f.durationMs > 0
+      if (!ok) throw new ScheduleError(`bad partition (two non-empty, disjoint sides of known nodes and durationMs > 0): ${JSON.stringify(f)}`)
+      continue
+    }
+    if (f.kind !== 'kill' && f.kind !== 'join' && f.kind !== 'leave' && f.kind !== 'drain') throw new ScheduleError(`unknown fault kind ${String(f.kind)}`)
     if (!names.has(f.node)) throw new ScheduleError(`fault names an unknown node ${String(f.node)}`)
     if (f.kind === 'kill' && (!['now', 'transfer', 'processing', 'after-drop'].includes(f.when) || !(f.downMs >= 0))) throw new ScheduleError(`bad kill ${JSON.stringify(f)}`)
   }
   if (!s.nodes.some((n: ScheduledNode) => n.roles.includes('ingest') && n.joinAtMs == null)) throw new ScheduleError('schedule has no ingest node at the start')
   s.files.sort((a: ScheduledFile, b: ScheduledFile) => a.atMs - b.atMs)
   s.faults.sort((a: ScheduledFault, b: ScheduledFault) => a.atMs - b.atMs)
-  return { ...s, config: { ...defaultConfig(Number(s.config.seed ?? 0)), ...s.config } } as ChurnSchedule
+  const config = { ...defaultConfig(Number(s.config.seed ?? 0)), ...s.config }
+  delete config.partition // format 1 before partitions had a boolean here
+  return { ...s, config } as ChurnSchedule
 }
 
 /** One line per fault, plus a summary of the files: what the run prints before it starts. */
@@ -241,7 +295,7 @@ export function formatSchedule (s: ChurnSchedule): string {
   const lines = [
     `churn schedule (seed ${c.seed}): ${s.nodes.length} daemons (${s.nodes.map((n) => `${n.name}=${n.roles.join('+')}${n.joinAtMs != null ? '@join' : ''}`).join(' ')})`,
     `  files: ${s.files.length}, ${(bytes / 1048576).toFixed(1)} MiB, ${fmtBytes(c.fileBytesMin)}–${fmtBytes(c.fileBytesMax)}, ${s.files.length - viaAdd} rsync-style, ${viaAdd} via \`filemesh add\`, first at ${fmtS(s.files[0]?.atMs ?? 0)}, last at ${fmtS(s.files.at(-1)?.atMs ?? 0)}`,
-    `  faults: ${kills.length} SIGKILL+restart (${countBy(kills.map((k) => k.when))}), ${s.faults.filter((f) => f.kind === 'join').length} join, ${s.faults.filter((f) => f.kind === 'leave').length} leave, over ${fmtS(c.faultWindowMs)}; processing command sleeps ${c.processMs} ms`
+    `  faults: ${kills.length} SIGKILL+restart (${countBy(kills.map((k) => k.when))}), ${s.faults.filter((f) => f.kind === 'join').length} join, ${s.faults.filter((f) => f.kind === 'leave').length} leave, ${s.faults.filter((f) => f.kind === 'drain').length} drain, ${s.faults.filter((f) => f.kind === 'partition').length} partition, over ${fmtS(c.faultWindowMs)}; processing command sleeps ${c.processMs} ms`
   ]
   for (const f of s.faults) lines.push(`  ${formatFault(f)}`)
   return lines.join('\n')
@@ -252,6 +306,7 @@ export function formatFault (f: ScheduledFault): string {
     case 'kill': return `t=${fmtS(f.atMs)} KILL ${f.node} (when=${f.when}, restart after ${fmtS(f.downMs)})`
     case 'join': return `t=${fmtS(f.atMs)} JOIN ${f.node} (new data dir)`
     case 'leave': return `t=${fmtS(f.atMs)} LEAVE ${f.node} (SIGTERM, not restarted)`
+    case 'drain': return `t=${fmtS(f.atMs)} DRAIN ${f.node} (\`filemesh drain\` until safe to remove, then stopped)`
     case 'partition': return `t=${fmtS(f.atMs)} PARTITION ${f.sides[0].join(',')} | ${f.sides[1].join(',')} for ${fmtS(f.durationMs)}`
   }
 }
@@ -268,6 +323,37 @@ function countBy (xs: string[]): string {
   const m = new Map<string, number>()
   for (const x of xs) m.set(x, (m.get(x) ?? 0) + 1)
   return [...m].map(([k, v]) => `${v} ${k}`).join(', ')
+}
+
+/**
+ * Two sides for a partition: the first ingest node on side A; of each role (backups, processors, other
+ * ingest nodes) one on each side when there are two or more, the rest at random. So the ingest side can
+ * place and reassign within itself, and the far side holds files the coordinator cannot reach.
+ */
+function splitSides (rand: () => number, nodes: readonly ScheduledNode[]): [string[], string[]] {
+  const a: string[] = []
+  const b: string[] = []
+  const roleOf = (n: ScheduledNode): string => n.roles.includes('ingest') ? 'ingest' : n.roles.includes('backup') ? 'backup' : 'process'
+  for (const role of ['ingest', 'backup', 'process']) {
+    const [first, ...rest] = nodes.filter((n) => roleOf(n) === role).map((n) => n.name)
+    if (first == null) continue
+    // The first ingest node stays on side A, so "the ingest's side" is always side A.
+    const group = role === 'ingest' ? [first, ...shuffle(rand, rest)] : shuffle(rand, [first, ...rest])
+    group.forEach((name, i) => { (i === 0 ? a : i === 1 && role !== 'ingest' ? b : rand() < 0.5 ? a : b).push(name) })
+  }
+  if (b.length === 0) { const moved = a.pop(); if (moved != null) b.push(moved) }
+  return [a, b]
+}
+
+function shuffle<T> (rand: () => number, xs: T[]): T[] {
+  const out = [...xs]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1))
+    const t = out[i] as T
+    out[i] = out[j] as T
+    out[j] = t
+  }
+  return out
 }
 
 function range (n: number): number[] {

@@ -1,20 +1,24 @@
 /**
- * `npm run churn`: the churn harness's command line. Starts real daemons on loopback, injects files while a
- * seeded nemesis kills and restarts them, waits for quiescence, and checks DESIGN §5 I1–I5 and I7 with an
- * independent checker. Prints the schedule first, progress on stderr, a summary and ONE final JSON line on
+ * `npm run churn`: the churn harness's command line. Starts real daemons on loopback (each in its own network
+ * namespace when the schedule partitions the mesh), injects files while a seeded nemesis kills and restarts
+ * them, drains and partitions, waits for quiescence, and checks DESIGN §5 I1–I5 and I7 with an independent
+ * checker. Prints the schedule first, progress on stderr, a summary and ONE final JSON line on
  * stdout. Exit 0 = no I1–I3 violation, 1 = violation (seed and replay command printed, run dir kept),
  * 2 = usage, 70 = the harness itself failed, 130 = interrupted.
  *
  *   npm run churn -- [--seed S] [--nodes N] [--files F] [--minutes M] [--kill-every-s K] [--replay schedule.json]
- *                    [--partition] [--leave [N]] [--joins J] [--min-kib K] [--max-kib K] [--process-ms MS]
- *                    [--ingests I] [--backups B] [--quiesce-s S] [--keep]
+ *                    [--partitions N] [--partition-s MIN[-MAX]] [--drains [N]] [--leave [N]] [--joins J]
+ *                    [--min-kib K | --min-mib M] [--max-kib K | --max-mib M] [--process-ms MS]
+ *                    [--ingests I] [--backups B] [--quiesce-s S] [--drain-timeout-s S] [--keep]
+ *   e.g. the long run of issue #3 (7 daemons + 1 joining = 8, 65 SIGKILLs, 1 partition, 1 drain, 1.7 GiB):
+ *     npm run churn -- --seed 7 --nodes 7 --files 500 --minutes 20 --kill-every-s 18 --partitions 1 --drains 1 --min-mib 1 --max-mib 8
  *   npm run churn -- --check RUN_DIR     (judge a kept run directory again)
  */
 import fs from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { recheck, runChurn } from './churn-runner.ts'
 import { formatReport, summaryJson } from './churn-report.ts'
-import { DEFAULT_LEAVES, ScheduleError, defaultConfig, generateSchedule, parseSchedule } from './churn-schedule.ts'
+import { DEFAULT_DRAINS, DEFAULT_LEAVES, ScheduleError, defaultConfig, generateSchedule, parseSchedule } from './churn-schedule.ts'
 import type { ChurnSchedule, ScheduleConfig } from './churn-schedule.ts'
 
 const USAGE = `usage: npm run churn -- [options]
@@ -24,12 +28,17 @@ const USAGE = `usage: npm run churn -- [options]
   --minutes M         length of the fault window; files arrive in its first 85% (default 3)
   --kill-every-s K    mean time between SIGKILLs, uniform in [K/2, 3K/2] (default 6)
   --joins J           processors joining with a new data dir (default 1)
-  --leave [N]         N processors leave for good (SIGTERM); off by default until reassignment lands (N default 1)
-  --partition         partition the mesh (not implemented yet: see sim/churn-schedule.ts)
-  --min-kib K --max-kib K   file sizes, log-uniform (default 64 KiB – 4 MiB)
+  --leave [N]         N processors leave for good (SIGTERM, no drain) (N default 1; default none)
+  --drains [N]        N processors drained with \`filemesh drain\` until "safe to remove", then stopped (N default 1; default none)
+  --partitions N      N network partitions of the mesh into two sides (default 0; --partition = 1); needs root
+                      and iproute2 (each daemon in its own network namespace), else skipped with the reason
+                      (FILEMESH_NETNS=off skips them on purpose)
+  --partition-s MIN[-MAX]   how long each partition lasts, uniform (default 20-40: longer than the 15 s reassign grace)
+  --min-kib K --max-kib K   file sizes, log-uniform (default 64 KiB – 4 MiB); or --min-mib M --max-mib M
   --process-ms MS     sleep in the processing command (default 300)
   --ingests I --backups B   (default 1 and 2)
   --quiesce-s S       how long after the last fault the mesh may take to finish (default 120)
+  --drain-timeout-s S how long a drain may take to reach "safe to remove" (default 300)
   --replay FILE       run a schedule.json written by an earlier run (other schedule options are ignored)
   --check DIR         judge a kept run directory again (no daemons started)
   --keep              keep the run directory even on success
@@ -53,8 +62,14 @@ try {
       joins: { type: 'string' },
       leave: { type: 'string' },
       partition: { type: 'boolean', default: false },
+      partitions: { type: 'string' },
+      'partition-s': { type: 'string' },
+      drains: { type: 'string' },
+      'drain-timeout-s': { type: 'string' },
       'min-kib': { type: 'string' },
       'max-kib': { type: 'string' },
+      'min-mib': { type: 'string' },
+      'max-mib': { type: 'string' },
       'process-ms': { type: 'string' },
       ingests: { type: 'string' },
       backups: { type: 'string' },
@@ -64,8 +79,11 @@ try {
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false }
     },
-    // `--leave` without a number means one processor.
-    args: process.argv.slice(2).flatMap((a, i, all) => a === '--leave' && (all[i + 1] == null || all[i + 1]?.startsWith('--') === true) ? ['--leave', String(DEFAULT_LEAVES)] : [a])
+    // `--leave` and `--drains` without a number mean one processor.
+    args: process.argv.slice(2).flatMap((a, i, all) => {
+      const bare = all[i + 1] == null || all[i + 1]?.startsWith('--') === true
+      return a === '--leave' && bare ? [a, String(DEFAULT_LEAVES)] : a === '--drains' && bare ? [a, String(DEFAULT_DRAINS)] : [a]
+    })
   })
 } catch (err: any) {
   usage(err.message)
@@ -103,9 +121,18 @@ try {
     c.killEveryMs = Math.round((num('kill-every-s', opts['kill-every-s'], 0.5) ?? c.killEveryMs / 1000) * 1000)
     c.joins = num('joins', opts.joins, 0) ?? c.joins
     c.leaves = num('leave', opts.leave, 0) ?? 0
-    c.partition = opts.partition
-    c.fileBytesMin = Math.round((num('min-kib', opts['min-kib'], 0) ?? c.fileBytesMin / 1024) * 1024)
-    c.fileBytesMax = Math.round((num('max-kib', opts['max-kib'], 0) ?? c.fileBytesMax / 1024) * 1024)
+    c.drains = num('drains', opts.drains, 0) ?? 0
+    c.partitions = num('partitions', opts.partitions, 0) ?? (opts.partition ? 1 : 0)
+    if (opts['partition-s'] != null) {
+      const m = /^(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?$/.exec(opts['partition-s'])
+      if (m == null) usage('--partition-s must be S or MIN-MAX (seconds)')
+      c.partitionMsMin = Math.round(Number(m[1]) * 1000)
+      c.partitionMsMax = Math.round(Number(m[2] ?? m[1]) * 1000)
+    }
+    if (opts['min-kib'] != null && opts['min-mib'] != null) usage('give --min-kib or --min-mib, not both')
+    if (opts['max-kib'] != null && opts['max-mib'] != null) usage('give --max-kib or --max-mib, not both')
+    c.fileBytesMin = Math.round((num('min-kib', opts['min-kib'], 0) ?? ((num('min-mib', opts['min-mib'], 0) ?? c.fileBytesMin / 1048576) * 1024)) * 1024)
+    c.fileBytesMax = Math.round((num('max-kib', opts['max-kib'], 0) ?? ((num('max-mib', opts['max-mib'], 0) ?? c.fileBytesMax / 1048576) * 1024)) * 1024)
     c.processMs = num('process-ms', opts['process-ms'], 0) ?? c.processMs
     c.ingests = num('ingests', opts.ingests, 1) ?? c.ingests
     c.backups = num('backups', opts.backups, 2) ?? c.backups
@@ -126,8 +153,12 @@ function seedCommand (c: ScheduleConfig): string {
   if (c.killEveryMs !== d.killEveryMs) parts.push(`--kill-every-s ${c.killEveryMs / 1000}`)
   if (c.joins !== d.joins) parts.push(`--joins ${c.joins}`)
   if (c.leaves > 0) parts.push(`--leave ${c.leaves}`)
-  if (c.fileBytesMin !== d.fileBytesMin) parts.push(`--min-kib ${c.fileBytesMin / 1024}`)
-  if (c.fileBytesMax !== d.fileBytesMax) parts.push(`--max-kib ${c.fileBytesMax / 1024}`)
+  if (c.drains > 0) parts.push(`--drains ${c.drains}`)
+  if (c.partitions > 0) parts.push(`--partitions ${c.partitions}`)
+  if (c.partitions > 0 && (c.partitionMsMin !== d.partitionMsMin || c.partitionMsMax !== d.partitionMsMax)) parts.push(`--partition-s ${c.partitionMsMin / 1000}-${c.partitionMsMax / 1000}`)
+  const size = (n: number): string => n % 1048576 === 0 ? `-mib ${n / 1048576}` : `-kib ${n / 1024}`
+  if (c.fileBytesMin !== d.fileBytesMin) parts.push(`--min${size(c.fileBytesMin)}`)
+  if (c.fileBytesMax !== d.fileBytesMax) parts.push(`--max${size(c.fileBytesMax)}`)
   if (c.processMs !== d.processMs) parts.push(`--process-ms ${c.processMs}`)
   if (c.ingests !== d.ingests) parts.push(`--ingests ${c.ingests}`)
   if (c.backups !== d.backups) parts.push(`--backups ${c.backups}`)
@@ -147,8 +178,9 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 const say = (line: string): void => { process.stderr.write(line + '\n') }
 const quiesceLimitMs = (num('quiesce-s', opts['quiesce-s'], 1) ?? 120) * 1000
+const drainTimeoutS = num('drain-timeout-s', opts['drain-timeout-s'], 1)
 try {
-  const result = await runChurn({ schedule, quiesceLimitMs, keep: opts.keep, say, signal: ac.signal })
+  const result = await runChurn({ schedule, quiesceLimitMs, keep: opts.keep, say, signal: ac.signal, ...(drainTimeoutS != null ? { drainTimeoutMs: drainTimeoutS * 1000 } : {}) })
   const ctx = { seed: schedule.config.seed, root: result.root, scheduleFile: result.scheduleFile, replayCommand: result.replayCommand, seedCommand: seedCommand(schedule.config), ok: result.ok, kept: result.kept, quiesceLimitMs }
   process.stdout.write(formatReport(result.report, ctx) + '\n')
   process.stdout.write(JSON.stringify(summaryJson(result.report, ctx)) + '\n')

@@ -2,7 +2,8 @@
  * A mesh of real `filemesh run` daemons on loopback, each a separate child process with its own data
  * directory under one root: used by `npm start` (the demo), the integration tests and the benchmarks.
  * Daemons are started by the CLI exactly as an operator would, report readiness through DATA/node.json,
- * and are stopped with SIGTERM (or killed with SIGKILL) like any service.
+ * and are stopped with SIGTERM (or killed with SIGKILL) like any service. A daemon can run under a command
+ * prefix that execs it in place (`ip netns exec NS`: sim/netns.ts), and `status()` can send an API token.
  */
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
@@ -23,6 +24,8 @@ export interface MeshDaemon {
   proc: ChildProcess
   info: NodeInfo
   args: string[]
+  /** Command prefix the daemon runs under (e.g. `ip netns exec NS`); empty for none. */
+  wrap?: string[]
 }
 
 export interface StartNodeOptions {
@@ -32,14 +35,23 @@ export interface StartNodeOptions {
   args?: string[]
   env?: Record<string, string>
   startTimeoutMs?: number
+  /** Run the daemon under this command prefix, e.g. `['ip', 'netns', 'exec', 'NS']` (it must exec the daemon in place, keeping its pid). */
+  wrap?: string[]
+}
+
+export interface LocalMeshInit {
+  /** Bearer token `status()` sends (daemons started with --api-token-file holding it). */
+  apiToken?: string
 }
 
 export class LocalMesh {
   readonly root: string
   readonly nodes = new Map<string, MeshDaemon>()
+  readonly #apiToken: string | undefined
 
-  constructor (root: string) {
+  constructor (root: string, init: LocalMeshInit = {}) {
     this.root = root
+    this.#apiToken = init.apiToken
   }
 
   dataDir (name: string): string {
@@ -58,13 +70,11 @@ export class LocalMesh {
     const args = ['run', '--data', dataDir, '--roles', opts.roles.join(','), ...bootstrap.flatMap((b) => ['--bootstrap', b]), ...stopTimeout, ...(opts.args ?? [])]
     const logPath = path.join(this.root, `${name}.log`)
     const log = fs.openSync(logPath, 'a')
-    const proc = spawn(process.execPath, [CLI_PATH, ...args], {
-      stdio: ['ignore', log, log],
-      env: { ...process.env, FILEMESH_LOG_FORMAT: 'logfmt', ...opts.env }
-    })
+    const wrap = opts.wrap ?? []
+    const proc = spawnDaemon(wrap, args, log, { ...process.env, FILEMESH_LOG_FORMAT: 'logfmt', ...opts.env })
     fs.closeSync(log)
     const info = await waitForNodeInfo(dataDir, proc, logPath, opts.startTimeoutMs ?? 30_000)
-    const daemon: MeshDaemon = { name, roles: opts.roles, dataDir, logPath, proc, info, args }
+    const daemon: MeshDaemon = { name, roles: opts.roles, dataDir, logPath, proc, info, args, ...(wrap.length > 0 ? { wrap } : {}) }
     this.nodes.set(name, daemon)
     return daemon
   }
@@ -76,7 +86,7 @@ export class LocalMesh {
   }
 
   async status (name: string): Promise<NodeStatus> {
-    const res = await fetch(`http://${this.get(name).info.api}/api/status`, { signal: AbortSignal.timeout(10_000) })
+    const res = await fetch(`http://${this.get(name).info.api}/api/status`, { signal: AbortSignal.timeout(10_000), headers: this.#apiToken != null ? { authorization: `Bearer ${this.#apiToken}` } : {} })
     if (!res.ok) throw new Error(`${name}: status answered ${res.status}`)
     return await res.json() as NodeStatus
   }
@@ -98,13 +108,18 @@ export class LocalMesh {
     await this.stop(name)
     await fsp.rm(path.join(d.dataDir, 'node.json'), { force: true })
     const log = fs.openSync(d.logPath, 'a')
-    const proc = spawn(process.execPath, [CLI_PATH, ...d.args], { stdio: ['ignore', log, log], env: { ...process.env, FILEMESH_LOG_FORMAT: 'logfmt' } })
+    const proc = spawnDaemon(d.wrap ?? [], d.args, log, { ...process.env, FILEMESH_LOG_FORMAT: 'logfmt' })
     fs.closeSync(log)
     const info = await waitForNodeInfo(d.dataDir, proc, d.logPath, 30_000)
     const next = { ...d, proc, info }
     this.nodes.set(name, next)
     return next
   }
+}
+
+function spawnDaemon (wrap: string[], args: string[], log: number, env: NodeJS.ProcessEnv): ChildProcess {
+  const [cmd, ...rest] = [...wrap, process.execPath, CLI_PATH, ...args] as [string, ...string[]]
+  return spawn(cmd, rest, { stdio: ['ignore', log, log], env })
 }
 
 export async function stopProcess (proc: ChildProcess, signal: NodeJS.Signals, timeoutMs: number): Promise<void> {

@@ -29,8 +29,10 @@ describe('npm run bench -- --quick', () => {
     for (const key of ['e2eMBps', 'streamLimitMBps', 'landingEgressRatio', 'smallFilesPerSec', 'latencyP50Ms', 'maxRssMiB']) {
       expect(typeof figures[key], key).toBe('number')
     }
-    expect(figures.broadcastSeconds).toBeNull()
-    expect(figures.publisherEgressRatio).toBeNull()
+    // broadcast: 1 publisher -> 3 followers in quick mode; every follower's copy re-hashed to the source
+    expect(typeof figures.broadcastSeconds).toBe('number')
+    expect(typeof figures.publisherEgressRatio).toBe('number')
+    expect(figures.broadcastVerified).toBe(true)
     if (figures.rsyncMBps == null) expect(typeof figures.rsyncSkipped).toBe('string')
     expect(stdout).toMatch(/filemesh bench \(quick\)/)
 

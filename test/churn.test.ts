@@ -1,8 +1,9 @@
 /**
- * The churn harness (sim/churn-*.ts): first its checker on hand-made evidence, so we know it catches a lost,
- * stuck, corrupt or unsafely deleted file and traces duplicates; then a small real churn run — 6 daemons,
- * 80 files of 64 KiB–2 MiB, ≥10 SIGKILL+restart of ingest, backups and processors over 60 s, one processor
- * joining — that must end with zero I1–I3 violations.
+ * The churn harness (sim/churn-*.ts): first its schedule (partitions and drains included) and its checker on
+ * hand-made evidence, so we know it catches a lost, stuck, corrupt or unsafely deleted file and traces
+ * duplicates (to kills and to partitions); then a small real churn run — 6 daemons, 80 files of 64 KiB–2 MiB,
+ * ≥10 SIGKILL+restart of ingest, backups and processors over 60 s, one processor joining and then drained —
+ * that must end with zero I1–I3 violations. Real partitions need network namespaces: test/netns.test.ts.
  *
  * The real run takes about two minutes. CI runs it; for local iteration only, skip it with
  * FILEMESH_SKIP_CHURN=1 (the checker tests still run).
@@ -11,14 +12,19 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { check, invariantsHold } from '../sim/churn-checker.ts'
+import { PARTITION_NODE, check, invariantsHold } from '../sim/churn-checker.ts'
 import type { CheckedNode, ExecutedFault } from '../sim/churn-checker.ts'
 import { churnCommand, readRunRecords } from '../sim/churn-command.ts'
+import type { RunRecord } from '../sim/churn-command.ts'
+import type { ChurnMesh } from '../sim/churn-mesh.ts'
+import { Nemesis } from '../sim/churn-nemesis.ts'
+import { ResourceSampler } from '../sim/churn-resources.ts'
+import { traceDuplicates } from '../sim/churn-trace.ts'
 import { referenceCid } from '../sim/churn-injector.ts'
 import type { ChurnLedgerEntry } from '../sim/churn-injector.ts'
 import { runChurn } from '../sim/churn-runner.ts'
 import { formatReport, summaryJson } from '../sim/churn-report.ts'
-import { defaultConfig, generateSchedule, parseSchedule } from '../sim/churn-schedule.ts'
+import { defaultConfig, formatSchedule, generateSchedule, parseSchedule } from '../sim/churn-schedule.ts'
 import { payload, sha256Hex } from '../sim/workload.ts'
 import { Store } from '../node/store.ts'
 import { execFile } from 'node:child_process'
@@ -40,11 +46,102 @@ describe('churn schedule', () => {
     expect(a.faults.some((f) => f.kind === 'leave')).toBe(false)
   })
 
-  it('refuses partitions (not implemented) and schedules without an ingest node', () => {
-    expect(() => generateSchedule({ ...defaultConfig(1), partition: true })).toThrow(/not implemented/)
+  it('schedules partitions and drains from a second stream: files unchanged, replayable, sides that make sense', () => {
+    const base = { ...defaultConfig(3), nodes: 6, files: 60, faultWindowMs: 120_000 }
+    const plain = generateSchedule(base)
+    const cfg = { ...base, partitions: 2, drains: 1 }
+    const s = generateSchedule(cfg)
+    expect(generateSchedule(cfg)).toEqual(s)
+    expect(parseSchedule(JSON.stringify(s))).toEqual(s)
+    expect(s.files).toEqual(plain.files)
+    // Partitions alone change no kill.
+    expect(generateSchedule({ ...base, partitions: 2 }).faults.filter((f) => f.kind === 'kill')).toEqual(plain.faults.filter((f) => f.kind === 'kill'))
+    const parts = s.faults.flatMap((f) => f.kind === 'partition' ? [f] : [])
+    expect(parts).toHaveLength(2)
+    for (const p of parts) {
+      const [a, b] = p.sides
+      expect(a[0]).toBe('ingest1')
+      expect(new Set([...a, ...b])).toEqual(new Set(s.nodes.map((n) => n.name)))
+      for (const side of p.sides) {
+        expect(side.some((n) => n.startsWith('backup'))).toBe(true)
+        expect(side.some((n) => n.startsWith('proc'))).toBe(true)
+      }
+      expect(p.durationMs).toBeGreaterThanOrEqual(20_000)
+      expect(p.durationMs).toBeLessThanOrEqual(40_000)
+      expect(p.atMs + p.durationMs).toBeLessThanOrEqual(cfg.faultWindowMs)
+    }
+    expect(parts[1]!.atMs).toBeGreaterThanOrEqual(parts[0]!.atMs + parts[0]!.durationMs)
+    const drains = s.faults.flatMap((f) => f.kind === 'drain' ? [f] : [])
+    expect(drains).toHaveLength(1)
+    expect(drains[0]?.node).toMatch(/^proc/)
+    // A drained node is not killed from shortly before its drain on.
+    expect(s.faults.filter((f) => f.kind === 'kill' && f.node === drains[0]?.node && f.atMs >= drains[0].atMs)).toEqual([])
+    expect(formatSchedule(s)).toMatch(/1 drain, 2 partition/)
+    expect(formatSchedule(s)).toMatch(/PARTITION ingest1,.* \| .* for \d+\.\ds/)
+  })
+
+  it('refuses bad partitions and schedules without an ingest node', () => {
     const s = generateSchedule({ ...defaultConfig(1), nodes: 5, files: 2 })
     expect(() => parseSchedule(JSON.stringify({ ...s, nodes: s.nodes.filter((n) => !n.roles.includes('ingest')) }))).toThrow(/ingest/)
-    expect(() => parseSchedule(JSON.stringify({ ...s, faults: [{ atMs: 1, kind: 'partition', sides: [[], []], durationMs: 1 }] }))).toThrow(/not implemented/)
+    for (const bad of [{ sides: [[], ['proc1']], durationMs: 1 }, { sides: [['ingest1'], ['nobody']], durationMs: 1 }, { sides: [['ingest1', 'proc1'], ['proc1']], durationMs: 1 }, { sides: [['ingest1'], ['proc1']], durationMs: 0 }]) {
+      expect(() => parseSchedule(JSON.stringify({ ...s, faults: [{ atMs: 1, kind: 'partition', ...bad }] }))).toThrow(/bad partition/)
+    }
+    expect(parseSchedule(JSON.stringify({ ...s, faults: [{ atMs: 1, kind: 'partition', sides: [['ingest1'], ['proc1']], durationMs: 5 }] })).faults).toHaveLength(1)
+    expect(() => generateSchedule({ ...defaultConfig(1), partitions: 1, partitionMsMin: 5000, partitionMsMax: 4000 })).toThrow(/partition duration/)
+  })
+})
+
+describe('partitions in the checker and the nemesis', () => {
+  const t0 = Date.parse('2030-01-01T00:00:00Z')
+  const at = (s: number): number => t0 + s * 1000
+  const nodes: CheckedNode[] = ['ingest1', 'backup1', 'backup2', 'proc1', 'proc2'].map((name) => ({ name, roles: [name.replace(/\d+$/, '').replace('proc', 'process')], dataDir: '/x', logPath: '/x' }))
+  const entry = (name: string): ChurnLedgerEntry => ({ name, size: 1, sha256: 'a'.repeat(64), cid: `cid-${name}`, via: 'rsync', injectedAtMs: t0, ingest: 'ingest1', lagMs: 0 })
+  const run = (node: string, cid: string, startS: number, epoch: number): RunRecord => ({ node, cid, sha256: 'a'.repeat(64), startMs: at(startS), endMs: at(startS + 0.3), epoch, attempt: 1, name: cid })
+  const partition: ExecutedFault = { kind: 'partition', node: PARTITION_NODE, sides: [['ingest1', 'backup1', 'proc1'], ['backup2', 'proc2']], scheduledAtMs: 0, atMs: at(10), healedAtMs: at(40) }
+
+  it('traces a duplicate to the partition that cut its owner off from the coordinator', () => {
+    const files = ['cut', 'late', 'near', 'noise'].map(entry)
+    const byCid = new Map(files.map((e) => [e.cid, e]))
+    const runs = new Map<string, RunRecord[]>([
+      // The far owner ran it during the cut; the coordinator reassigned it to proc1, which ran it too.
+      ['cid-cut', [run('proc2', 'cid-cut', 12, 1), run('proc1', 'cid-cut', 30, 2)]],
+      // Both runs after the heal, but the owner was reassigned during the cut (from the coordinator's log).
+      ['cid-late', [run('proc1', 'cid-late', 45, 2), run('proc2', 'cid-late', 50, 1)]],
+      // Both on the coordinator's side: the partition explains nothing.
+      ['cid-near', [run('proc1', 'cid-near', 12, 1), run('proc1', 'cid-near', 30, 1)]],
+      // A far-side pair entirely before the cut: not the partition either.
+      ['cid-noise', [run('proc2', 'cid-noise', 2, 1), run('proc1', 'cid-noise', 5, 2)]]
+    ])
+    const traces = new Map(traceDuplicates(runs, byCid, [partition], nodes, t0, new Map([['cid-late', [at(25)]]])).map((d) => [d.name, d]))
+    expect(traces.get('cut')?.traced).toBe(true)
+    expect(traces.get('cut')?.causes[0]).toMatch(/^partition \+10\.0s–\+40\.0s .*proc2 cut off from the coordinator ingest1 while the runs started/)
+    expect(traces.get('late')?.traced).toBe(true)
+    expect(traces.get('late')?.causes[0]).toMatch(/reassigned the owner during the cut/)
+    expect(traces.get('near')?.traced).toBe(false)
+    expect(traces.get('noise')?.traced).toBe(false)
+    // A SIGKILL of the first run's node still comes first; a drain is named as a lead, never as a cause.
+    const kill: ExecutedFault = { kind: 'kill', node: 'proc2', when: 'now', scheduledAtMs: 0, atMs: at(12.1), healedAtMs: at(14) }
+    expect(traceDuplicates(runs, byCid, [partition, kill], nodes, t0).find((d) => d.name === 'cut')?.causes[0]).toMatch(/^SIGKILL of proc2/)
+    const drain: ExecutedFault = { kind: 'drain', node: 'proc1', scheduledAtMs: 0, atMs: at(20), healedAtMs: at(22) }
+    expect(traceDuplicates(runs, byCid, [drain], nodes, t0).find((d) => d.name === 'near')?.causes[0]).toMatch(/UNTRACED.*proc1 was drained at \+20\.0s/)
+  })
+
+  it('the nemesis skips partitions when the mesh has no namespaces, and the report says why', async () => {
+    const said: string[] = []
+    const mesh = { lab: undefined } as unknown as ChurnMesh
+    const nemesis = new Nemesis(mesh, new ResourceSampler(() => []), { waitMaxMs: 0, signal: new AbortController().signal, say: (l) => { said.push(l) }, t0Ms: Date.now() })
+    await nemesis.run({ atMs: 0, kind: 'partition', sides: [['ingest1'], ['proc1']], durationMs: 20_000 })
+    await nemesis.settled()
+    expect(nemesis.skippedPartitions).toBe(1)
+    expect(nemesis.executed).toEqual([])
+    expect(said[0]).toMatch(/PARTITION skipped/)
+    const r = await check({ ledger: [], injectFailures: [], nodes: [], faults: [{ ...partition, crossSeen: [] }, { kind: 'drain', node: 'proc1', scheduledAtMs: 0, atMs: at(20), healedAtMs: at(22), drainMs: 2000 }], statuses: {}, resources: new Map(), leftovers: [], startedAtMs: t0, lastHealAtMs: at(40), quiesceLimitMs: 1000, partitionsSkipped: 'network namespaces need root' })
+    expect(r.partitions).toBe(1)
+    expect(r.drains).toBe(1)
+    expect(r.partitionList[0]).toMatch(/at \+10\.0s for 30\.0s: ingest1,backup1,proc1 \| backup2,proc2 \(held/)
+    const ctx = { seed: 1, root: '/x', scheduleFile: 'x', replayCommand: 'r', seedCommand: 's', ok: true, kept: false, quiesceLimitMs: 1000 }
+    expect(summaryJson(r, ctx)).toMatchObject({ partitions: 1, drains: 1, partitionsSkipped: 'network namespaces need root' })
+    expect(formatReport(r, ctx)).toMatch(/partitions +SKIPPED: network namespaces need root/)
   })
 })
 
@@ -182,10 +279,12 @@ describe('churn checker on hand-made evidence', () => {
 })
 
 describe.skipIf(SKIP_REAL_RUN)('churn run with real daemons (skip locally with FILEMESH_SKIP_CHURN=1)', () => {
-  it('6 daemons, 80 files, ≥10 SIGKILLs: no file lost, corrupt or deleted early', async () => {
+  it('6 daemons, 80 files, ≥10 SIGKILLs and a drain: no file lost, corrupt or deleted early', async () => {
     const schedule = generateSchedule({
-      // Seed 16: 12 SIGKILLs (4 of the ingest node, 3 of backups) covering every kill moment: now, transfer, processing, after-drop.
+      // Seed 16: 12 SIGKILLs (4 of the ingest node, 3 of backups) covering every kill moment: now, transfer, processing, after-drop;
+      // the joining processor is drained at 35.8 s.
       ...defaultConfig(16),
+      drains: 1,
       nodes: 6,
       files: 80,
       faultWindowMs: 60_000,
@@ -197,12 +296,14 @@ describe.skipIf(SKIP_REAL_RUN)('churn run with real daemons (skip locally with F
     expect(schedule.faults.filter((f) => f.kind === 'kill').length).toBeGreaterThanOrEqual(10)
     const lines: string[] = []
     // Abort (and clean up) before vitest's own timeout would leave the daemons running in the worker.
-    const result = await runChurn({ schedule, quiesceLimitMs: 90_000, say: (l) => { lines.push(l) }, signal: AbortSignal.timeout(225_000), keepOnAbort: true })
+    const result = await runChurn({ schedule, quiesceLimitMs: 90_000, drainTimeoutMs: 60_000, say: (l) => { lines.push(l) }, signal: AbortSignal.timeout(225_000), keepOnAbort: true })
     const ctx = { seed: schedule.config.seed, root: result.root, scheduleFile: result.scheduleFile, replayCommand: result.replayCommand, seedCommand: '', ok: result.ok, kept: result.kept, quiesceLimitMs: 90_000 }
     const text = formatReport(result.report, ctx)
     process.stdout.write(`${text}\n${JSON.stringify(summaryJson(result.report, ctx))}\n`)
     if (!result.ok) process.stdout.write(lines.join('\n') + '\n')
     expect(result.report.kills).toBeGreaterThanOrEqual(10)
+    expect(result.report.faultErrors.filter((e) => e.startsWith('drain'))).toEqual([])
+    expect(result.report.drains).toBe(1)
     expect(result.report.files).toBe(80)
     expect(result.report.deletesChecked).toBeGreaterThan(0)
     expect({ lost: result.report.lost, stuck: result.report.stuck, corrupt: result.report.corrupt, unsafeDeletes: result.report.unsafeDeletes, injectFailures: result.report.injectFailures }).toEqual({ lost: [], stuck: [], corrupt: [], unsafeDeletes: [], injectFailures: [] })

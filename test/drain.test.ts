@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { drainReport } from '../node/drain.ts'
-import { assigned, placed, processingDone, processingStarted, received, released, receiptFrom, stored, receiptAcked, outcomeAcked, progressFrom } from '../node/core/lifecycle.ts'
+import { assigned, handoffAssigned, handoffChosen, handoffDone, placed, processingDone, processingStarted, received, released, receiptFrom, stored, receiptAcked, outcomeAcked, progressFrom } from '../node/core/lifecycle.ts'
 
 const now = '2026-11-22T00:00:00.000Z'
 
@@ -32,5 +32,39 @@ describe('drain report', () => {
     expect(drainReport({ roles: ['ingest'], draining: true, ingest: [rel], holder: [], inboxFiles: 0 }).blockers.join()).toMatch(/not processed yet/)
     const done = progressFrom(rel, 'o', 1, 'processed', 1, now).rec
     expect(drainReport({ roles: ['ingest'], draining: true, ingest: [done], holder: [], inboxFiles: 0 }).safe).toBe(true)
+  })
+})
+
+describe('drain report: archive hand-off and kept working copies', () => {
+  const copy = (cid: string): ReturnType<typeof receiptAcked> => receiptAcked(stored(assigned({ cid, name: 'n', size: 1, role: 'backup', epoch: 1, coordinator: 'i', sources: ['i'], now }), `/a/${cid}`, now))
+  const base = { roles: ['backup'] as Array<'backup'>, draining: true, ingest: [], inboxFiles: 0 }
+
+  it('a draining backup is safe once every copy it holds was handed off and acknowledged', () => {
+    const a = handoffDone(handoffChosen(copy('a'), 'B'), now)
+    const b = handoffChosen(copy('b'), 'B')
+    const waiting = drainReport({ ...base, holder: [a, b], handoffTargets: 1 })
+    expect(waiting.safe).toBe(false)
+    expect(waiting.blockers).toEqual(["1 archive copy(ies) still being handed off to another backup node (until acknowledged they exist only in this node's archive)"])
+    expect(drainReport({ ...base, holder: [a, handoffDone(b, now)], handoffTargets: 1 })).toEqual({ draining: true, safe: true, blockers: [] })
+  })
+
+  it('says so when no other backup node can take the copies', () => {
+    const r = drainReport({ ...base, holder: [copy('a'), copy('b')], handoffTargets: 0 })
+    expect(r.blockers.join()).toMatch(/2 archived file\(s\) exist only in this node's archive and no other live backup node can take them/)
+  })
+
+  it('a copy handed to us owes no receipt: counted as an archive copy (to hand off in turn), not as busy', () => {
+    const fetching = handoffAssigned({ cid: 'h', name: 'n', size: 1, epoch: 1, from: 'A', sources: ['A'], now })
+    expect(drainReport({ ...base, holder: [fetching], handoffTargets: 1 }).blockers.join()).toMatch(/1 backup file\(s\) still being fetched/)
+    const held = stored(fetching, '/a/h', now)
+    expect(held.receiptAcked).toBe(false)
+    expect(drainReport({ ...base, holder: [held], handoffTargets: 1 }).blockers.join()).toMatch(/1 archive copy\(ies\) still being handed off/)
+    expect(drainReport({ ...base, holder: [handoffDone(handoffChosen(held, 'C'), now)], handoffTargets: 1 }).safe).toBe(true)
+  })
+
+  it('a processor keeping a working copy until the archive holds the file is not safe to remove', () => {
+    const r = drainReport({ roles: ['process'], draining: true, ingest: [], holder: [], inboxFiles: 0, keptWorkingCopies: 2 })
+    expect(r.safe).toBe(false)
+    expect(r.blockers.join()).toMatch(/2 processed file\(s\) keep their working copy here until the archive holds them/)
   })
 })

@@ -1,6 +1,6 @@
 /**
  * Seeded fuzzing of every decoder that takes bytes or strings from the network or the filesystem:
- * decodeGossip, decodeControlRequest, decodeControlReply (MessageError), decodeBlockRequest,
+ * decodeGossip, decodeControlRequest, decodeControlReply, decodeChannelMessage (MessageError), decodeBlockRequest,
  * decodeBlockResponse (FrameError), decodeFileNode (DagError), parseCid (CidRejectedError) and sanitizeName
  * (never throws; its result is always one safe path component). Inputs are a mix of mutated valid
  * encodings, random bytes, and structured mutations of valid JSON messages. A "crash" is any exception other
@@ -19,7 +19,7 @@ import { base64 } from 'multiformats/bases/base64'
 import { decodeBlockRequest, decodeBlockResponse, encodeBlockRequest, encodeBlockResponse, FrameError } from '../protocols/blocks.ts'
 import { CidRejectedError, dagPbCid, parseCid, rawLeafCid } from '../protocols/cid-policy.ts'
 import { BLOCK_BYTES_MAX, BLOCK_FRAME_BYTES_MAX, CONTROL_MESSAGE_BYTES_MAX, GOSSIP_MESSAGE_BYTES_MAX, SANITIZED_NAME_BYTES_MAX } from '../protocols/limits.ts'
-import { MessageError, decodeControlReply, decodeControlRequest, decodeGossip, encodeMessage } from '../protocols/messages.ts'
+import { MessageError, decodeChannelMessage, decodeControlReply, decodeControlRequest, decodeGossip, encodeMessage } from '../protocols/messages.ts'
 import { UNNAMED, sanitizeName, utf8Bytes } from '../protocols/names.ts'
 import { DagError, buildFileDag, decodeFileNode } from '../protocols/unixfs.ts'
 import { prng } from '../sim/workload.ts'
@@ -96,12 +96,13 @@ const HOSTILE_VALUES: unknown[] = [
   null, true, false, 0, -0, -1, 1, 1.5, 2 ** 53, 2 ** 53 + 2, -(2 ** 53), 1e308, -1e308, Number.MAX_SAFE_INTEGER,
   '', ' ', 'x', '\u0000', '../../etc/passwd', '/abs', 'a'.repeat(1025), 'é'.repeat(600), '\ud800', '\u202e', '{}',
   [], [1], [''], ['a', 'b'], Array.from({ length: 17 }, () => 'p'), {}, { a: 1 }, { __proto__: { polluted: true } },
-  'heartbeat', 'announce', 'assign', 'receipt', 'progress', 'reply', 'lease', 'decline', 'owner', 'backup',
-  'processing', 'processed', 'failed', 'ingest', 'process'
+  'heartbeat', 'announce', 'assign', 'receipt', 'progress', 'reply', 'lease', 'decline', 'has', 'replicate', 'archived', 'handoff', 'owner', 'backup',
+  'processing', 'processed', 'failed', 'ingest', 'process', 'channel-announce', 'channel-have', 'deploy', '.hidden', 'a:b', 'AAA=', 'AA', '@@@@'
 ]
 
 const FIELDS = ['type', 'v', 'cid', 'name', 'size', 'role', 'epoch', 'sources', 'owner', 'backup', 'state', 'attempt', 'error',
-  'roles', 'weight', 'draining', 'addrs', 'seq', 'ok', 'code', 'reason', '__proto__', 'constructor']
+  'roles', 'weight', 'draining', 'addrs', 'seq', 'ok', 'code', 'reason', 'channel', 'version', 'publisher', 'sig', 'complete', 'blocks', 'have',
+  '__proto__', 'constructor']
 
 /** A JSON message with one to three fields deleted, replaced by hostile values, or added. */
 function mutateJson (rng: Rng, base: Record<string, unknown>): Uint8Array {
@@ -181,7 +182,17 @@ const CONTROL_CORPUS: Array<Record<string, unknown>> = [
   { type: 'progress', v: 1, cid: dagCid, epoch: 2, state: 'failed', attempt: 3, error: 'exit code 1' },
   { type: 'progress', v: 1, cid: dagCid, epoch: 1, state: 'processed', attempt: 1 },
   { type: 'lease', v: 1, cid: dagCid, role: 'owner', epoch: 1 },
-  { type: 'decline', v: 1, cid: dagCid, role: 'backup', epoch: 1, reason: 'disk full' }
+  { type: 'decline', v: 1, cid: dagCid, role: 'backup', epoch: 1, reason: 'disk full' },
+  { type: 'has', v: 1, cid: dagCid },
+  { type: 'replicate', v: 1, cid: dagCid, name: 'report.csv', size: 3003, epoch: 1, sources: [PEER] },
+  { type: 'archived', v: 1, cid: dagCid, epoch: 2 },
+  { type: 'handoff', v: 1, cid: dagCid, epoch: 1, to: PEER }
+]
+const CHANNEL_CORPUS: Array<Record<string, unknown>> = [
+  { type: 'channel-announce', v: 1, channel: 'deploy', version: 3, cid: dagCid, size: 3003, name: 'release.tar', publisher: PEER, sig: Buffer.alloc(64, 7).toString('base64') },
+  { type: 'channel-have', v: 1, channel: 'deploy', version: 3, cid: dagCid, complete: false, blocks: 20, have: Buffer.from([0xff, 0x01, 0x0f]).toString('base64') },
+  { type: 'channel-have', v: 1, channel: 'deploy.v2_x-y', version: 3, cid: dagCid, complete: true },
+  { type: 'channel-have', v: 1, channel: 'deploy', version: 0, complete: false }
 ]
 const REPLY_CORPUS: Array<Record<string, unknown>> = [
   { type: 'reply', v: 1, ok: true },
@@ -217,6 +228,13 @@ describe(`seeded fuzz of every wire decoder (seed ${SEED}, ${ITERATIONS} inputs 
   it('decodeControlRequest throws only MessageError', () => {
     const r = fuzz('decodeControlRequest', 2, jsonInputs(CONTROL_CORPUS, CONTROL_MESSAGE_BYTES_MAX),
       (b) => roundTrips(decodeControlRequest(b), decodeControlRequest, CONTROL_MESSAGE_BYTES_MAX), MessageError, text)
+    expect(r.accepted).toBeGreaterThan(0)
+    expect(r.rejected).toBeGreaterThan(0)
+  }, TIMEOUT_MS)
+
+  it('decodeChannelMessage throws only MessageError', () => {
+    const r = fuzz('decodeChannelMessage', 9, jsonInputs(CHANNEL_CORPUS, GOSSIP_MESSAGE_BYTES_MAX),
+      (b) => roundTrips(decodeChannelMessage(b), decodeChannelMessage, GOSSIP_MESSAGE_BYTES_MAX), MessageError, text)
     expect(r.accepted).toBeGreaterThan(0)
     expect(r.rejected).toBeGreaterThan(0)
   }, TIMEOUT_MS)

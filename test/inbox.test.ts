@@ -1,6 +1,7 @@
 /**
  * Inbox readiness against a real directory: rename/link arrival, sidecars, quiet period, open writers,
- * ignored names, exactly-once delivery under many rescans, a burst of 500 files, and a clean stop.
+ * ignored names, exactly-once delivery under many rescans, a burst of 500 files, claims at once (no settle,
+ * no rescan) and several at a time (never two for one name), and a clean stop.
  */
 
 import { describe, it, expect, afterEach, beforeAll } from 'vitest'
@@ -360,7 +361,7 @@ describe('InboxWatcher: delivery', () => {
     expect(reported[1]).toMatchObject({ name: 'again.bin', size: 9, ino: reported[0]?.ino })
   })
 
-  it('retries with backoff when the consumer throws, and calls onReady one at a time', async () => {
+  it('retries with backoff when the consumer throws, and calls onReady one at a time when asked to', async () => {
     const dir = await tempDir()
     for (const n of ['a.bin', 'b.bin', 'c.bin']) {
       await fs.writeFile(path.join(dir, n), n)
@@ -369,7 +370,7 @@ describe('InboxWatcher: delivery', () => {
     let failuresLeft = 2
     let inside = 0
     let maxInside = 0
-    const { w, reported } = await startWatcher(dir, { retryBackoffMinMs: 50, retryBackoffMaxMs: 200 }, async (f) => {
+    const { w, reported } = await startWatcher(dir, { retryBackoffMinMs: 50, retryBackoffMaxMs: 200, deliveryConcurrency: 1 }, async (f) => {
       inside++
       maxInside = Math.max(maxInside, inside)
       await new Promise(resolve => setTimeout(resolve, 5))
@@ -409,6 +410,104 @@ describe('InboxWatcher: delivery', () => {
       expect(w.stats()).toMatchObject({ delivered: N, tracked: 0, pending: 0, queued: 0 })
     })
   }
+})
+
+describe('InboxWatcher: latency and concurrency', () => {
+  it('a renamed file is ready at once: no settle period, found by its watch event without a rescan', async () => {
+    const dir = await tempDir()
+    const outside = await tempDir()
+    // A settle period and a rescan interval far longer than the deadline: only the event path can be this quick.
+    const { w, reported } = await startWatcher(dir, { settleMs: 60_000, rescanIntervalMs: 60_000 })
+    const scansBefore = w.stats().scans
+    const src = path.join(outside, 'fast.bin')
+    await fs.writeFile(src, Buffer.alloc(64 * 1024, 7))
+    const t0 = performance.now()
+    await fs.rename(src, path.join(dir, 'fast.bin'))
+    await waitFor(() => reported.length === 1, 'fast.bin ready', 5_000)
+    expect(performance.now() - t0).toBeLessThan(2_000)
+    expect(reported[0]).toMatchObject({ name: 'fast.bin', readiness: 'rename', size: 64 * 1024 })
+    expect(w.stats().scans).toBe(scansBefore)
+    expect(w.stats().quickPasses).toBeGreaterThan(0)
+  })
+
+  it('without a working open-writer check, a renamed file must still hold still for settleMs', async () => {
+    const dir = await tempDir()
+    const outside = await tempDir()
+    const settleMs = 400
+    const { w, reported } = await startWatcher(dir, { settleMs, scanOpenWriters: async () => ({ available: false }) })
+    expect(w.stats().openWriterCheck).toBe('unavailable')
+    const src = path.join(outside, 'slow.bin')
+    await fs.writeFile(src, 'whole')
+    await fs.rename(src, path.join(dir, 'slow.bin'))
+    const t0 = performance.now()
+    await waitFor(() => reported.length === 1, 'slow.bin ready', 5_000)
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(settleMs - 50)
+    expect(reported[0]).toMatchObject({ name: 'slow.bin', readiness: 'rename' })
+  })
+
+  it('delivers several files at once, at most deliveryConcurrency, each exactly once', async () => {
+    const dir = await tempDir()
+    const spool = await tempDir()
+    const N = 40
+    for (let i = 0; i < N; i++) {
+      await fs.writeFile(path.join(dir, `c${i}.bin`), `c ${i}`)
+      await fs.utimes(path.join(dir, `c${i}.bin`), new Date('2020-01-01'), new Date('2020-01-01'))
+    }
+    let inside = 0
+    let maxInside = 0
+    const seen = new Map<string, number>()
+    let release: () => void = () => {}
+    const gate = new Promise<void>((resolve) => { release = resolve })
+    const { w } = await startWatcher(dir, { deliveryConcurrency: 4 }, async (f) => {
+      seen.set(f.name, (seen.get(f.name) ?? 0) + 1)
+      inside++
+      maxInside = Math.max(maxInside, inside)
+      await gate
+      await fs.rename(f.path, path.join(spool, f.name))
+      inside--
+    })
+    cleanups.push(() => { release() }) // runs before the watcher's stop (cleanups run in reverse)
+    await waitFor(() => inside === 4, 'four deliveries in flight')
+    await scansPass(w, 2)
+    expect(inside).toBe(4) // no fifth one while the first four are inside
+    release()
+    await waitFor(() => seen.size === N && inside === 0, `${N} files delivered`)
+    await scansPass(w, 2)
+    expect(maxInside).toBe(4)
+    expect([...seen.values()].every((c) => c === 1)).toBe(true)
+    expect(await fs.readdir(spool)).toHaveLength(N)
+  })
+
+  it('never hands out two versions of one name at the same time', async () => {
+    const dir = await tempDir()
+    const outside = await tempDir()
+    const p = path.join(dir, 'same.bin')
+    await fs.writeFile(p, 'version one')
+    await fs.utimes(p, new Date('2020-01-01'), new Date('2020-01-01'))
+    let inside = 0
+    let overlapped = false
+    let release: () => void = () => {}
+    const gate = new Promise<void>((resolve) => { release = resolve })
+    const { reported } = await startWatcher(dir, { deliveryConcurrency: 8 }, async (f) => {
+      inside++
+      if (inside > 1) overlapped = true
+      if (f.size === 'version one'.length) await gate // the first version stays inside until released
+      inside--
+    })
+    cleanups.push(() => { release() })
+    await waitFor(() => reported.length === 1, 'first version handed out')
+    // Replace it under the same name with a new inode, complete (arrived by rename): ready at once, but must wait.
+    const src = path.join(outside, 'same.bin')
+    await fs.writeFile(src, 'version two, longer')
+    await fs.rename(src, p)
+    const t0 = performance.now()
+    await waitFor(() => performance.now() - t0 > 500, 'time for a wrong hand-off to happen')
+    expect(reported).toHaveLength(1)
+    release()
+    await waitFor(() => reported.length === 2, 'second version handed out after the first returned')
+    expect(reported[1]?.size).toBe('version two, longer'.length)
+    expect(overlapped).toBe(false)
+  })
 })
 
 describe('InboxWatcher: lifecycle', () => {

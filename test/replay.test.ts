@@ -19,6 +19,7 @@ import type { AssignMessage, ControlRequest, HeartbeatMessage } from '../protoco
 import { Archive } from '../node/archive.ts'
 import type { BlockClient } from '../node/block-client.ts'
 import type { LocalBlocks } from '../node/block-store.ts'
+import { InflightBlocks } from '../node/inflight-blocks.ts'
 import type { ControlChannel } from '../node/control.ts'
 import { MembershipView } from '../node/core/membership.ts'
 import { hashBytes } from '../node/hasher.ts'
@@ -76,13 +77,14 @@ class FakeBlocks {
     return b
   }
 
-  async fetchLeavesToFile (init: { leaves: Array<{ cid: CID, offset: number }>, fileHandle: fs.FileHandle }): Promise<void> {
+  async fetchLeavesToFile (init: { leaves: Array<{ cid: CID, offset: number }>, fileHandle: fs.FileHandle }): Promise<{ bytesBySource: Record<string, number> }> {
     this.fileFetches++
     for (const leaf of init.leaves) {
       const b = this.blocks.get(leaf.cid.toString())
       if (b == null) throw new Error(`no block ${leaf.cid.toString()}`)
       await init.fileHandle.write(b, 0, b.byteLength, leaf.offset)
     }
+    return { bytesBySource: {} }
   }
 }
 
@@ -115,7 +117,7 @@ describe('holder: who may assign, and replays that change nothing', () => {
       store,
       control: control as unknown as ControlChannel,
       client: blocks as unknown as BlockClient,
-      local: { getBlock: async () => undefined } as unknown as LocalBlocks,
+      local: { getBlock: async () => undefined, inflight: new InflightBlocks() } as unknown as LocalBlocks,
       log,
       selfId: self,
       isIngest: (peer) => view.isLive(peer) && view.get(peer)?.roles.includes('ingest') === true

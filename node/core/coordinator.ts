@@ -11,10 +11,13 @@ import type { Candidate } from './placement.ts'
 
 export const DEFAULT_REASSIGN_GRACE_MS = 15_000
 
-/** The coordinator keeps watching a file until it is processed (or failed for good) and its ingest copy is released. */
+/**
+ * The coordinator keeps watching a file until it is processed (or failed for good), its ingest copy is
+ * released, and, once processed, the owner was told the archive holds it (so the owner's copy may go).
+ */
 export function inPlay (rec: IngestRecord): boolean {
   if (rec.phase === 'received') return false
-  return rec.phase !== 'released' || ownerWatched(rec)
+  return rec.phase !== 'released' || ownerWatched(rec) || backupWatched(rec)
 }
 
 /** The owner matters until processing finished one way or the other. */
@@ -22,9 +25,25 @@ export function ownerWatched (rec: IngestRecord): boolean {
   return rec.processing === 'pending' || rec.processing === 'processing'
 }
 
-/** The backup matters until its receipt is recorded. */
+/**
+ * The backup matters until its receipt is recorded, and after that while the file is not processed yet, or
+ * processed but the owner not yet told that the archive holds it: a backup lost then is replaced (the owner
+ * still has its copy to fetch from). A file that failed for good keeps the owner's copy, so it is not watched.
+ */
 export function backupWatched (rec: IngestRecord): boolean {
-  return rec.phase === 'placed' && rec.backupStoredAt == null
+  if (rec.phase === 'received') return false
+  if (rec.backupStoredAt == null) return true
+  return ownerWatched(rec) || (rec.processing === 'processed' && rec.archiveConfirmedAt == null)
+}
+
+/** A draining backup is replaced at once only before its receipt; after it, the backup hands off its copy itself. */
+export function replaceDrainingBackup (rec: IngestRecord): boolean {
+  return rec.backupStoredAt == null
+}
+
+/** True when the archive holds the file durably: the current backup's receipt is recorded and it is live. */
+export function archiveHolds (rec: IngestRecord, isLive: (peer: string) => boolean): boolean {
+  return rec.phase !== 'received' && rec.backupStoredAt != null && rec.backup != null && isLive(rec.backup)
 }
 
 /** The next member in rendezvous order for `cid`, skipping `exclude`; undefined if none is left. */

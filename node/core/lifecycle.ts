@@ -46,6 +46,13 @@ export interface IngestRecord {
   /** Owners of earlier epochs, index = epoch - 1: only they can report a late (duplicate) completion. */
   pastOwners?: string[]
   releasedAt?: string
+  /**
+   * Backups replaced after their receipt (gone past the grace period while the file was still watched): each
+   * keeps its durable archive copy, so the file has extra archive copies once they come back.
+   */
+  pastBackups?: string[]
+  /** The owner was told the archive holds the file durably (it may then delete its working copy). */
+  archiveConfirmedAt?: string
 }
 
 export type HolderState = 'fetching' | 'stored' | 'processing' | 'processed' | 'failed'
@@ -73,6 +80,15 @@ export interface HolderRecord {
   processedAt?: string
   /** The coordinator acknowledged the latest processing outcome (processed or failed). */
   outcomeAcked: boolean
+  /**
+   * Receiving side of a hand-off: this archive copy was made at the request of this backup peer (which was
+   * draining), not assigned by a coordinator; no receipt is owed until a coordinator assigns us the file.
+   */
+  handoffFrom?: string
+  /** Sending side of a hand-off (draining backup): the backup chosen to take over this archive copy. */
+  handoffTo?: string
+  /** `handoffTo` confirmed it holds the file durably: this node's copy is no longer the only one. */
+  handoffAckedAt?: string
 }
 
 export class WrongStateError extends Error {
@@ -227,4 +243,58 @@ export function processingFailed (rec: HolderRecord, error: string): HolderRecor
 export function outcomeAcked (rec: HolderRecord): HolderRecord {
   expectState(rec, 'outcome ack', 'processed', 'failed')
   return { ...rec, outcomeAcked: true }
+}
+
+// ---- re-replication of archive copies (additions) ------------------------------------------------------
+
+/**
+ * placed | released -> same phase: the backup is gone (past the grace period) after its receipt, while the file
+ * is still watched; the next backup member takes over. The old backup keeps its copy (recorded in pastBackups:
+ * an extra copy if it returns); the owner keeps its working copy until the new backup's receipt is recorded.
+ */
+export function backupReplaced (rec: IngestRecord, backup: string): IngestRecord {
+  expectPhase(rec, 'replace backup', 'placed', 'released')
+  if (rec.backupStoredAt == null) throw new WrongStateError(`replace backup ${rec.cid}`, ['backup receipt recorded'], 'no backup receipt')
+  const next: IngestRecord = { ...rec, backup, backupReassignments: (rec.backupReassignments ?? 0) + 1, pastBackups: [...(rec.pastBackups ?? []), rec.backup ?? ''] }
+  delete next.backupStoredAt
+  delete next.archiveConfirmedAt
+  return next
+}
+
+/** The owner was told that the archive holds the file durably. Idempotent. */
+export function archiveConfirmed (rec: IngestRecord, now: string): IngestRecord {
+  if (rec.backupStoredAt == null) throw new WrongStateError(`confirm archive ${rec.cid}`, ['backup receipt recorded'], 'no backup receipt')
+  return rec.archiveConfirmedAt != null ? rec : { ...rec, archiveConfirmedAt: now }
+}
+
+/** (none) -> fetching: a draining backup asked us to hold its archive copy of a file. */
+export function handoffAssigned (init: { cid: string, name: string, size: number, epoch: number, from: string, sources: string[], now: string }): HolderRecord {
+  const { from, ...rest } = init
+  return { ...assigned({ ...rest, role: 'backup', coordinator: from }), handoffFrom: from }
+}
+
+/**
+ * A coordinator assigns us a file we hold (or are fetching) as a hand-off copy: from now on it is an ordinary
+ * backup record of that coordinator, and the receipt goes to it.
+ */
+export function handoffAdopted (rec: HolderRecord, coordinator: string, epoch: number): HolderRecord {
+  if (rec.role !== 'backup' || rec.handoffFrom == null) throw new WrongStateError(`adopt ${rec.cid}/${rec.role}`, ['hand-off copy'], 'assigned copy')
+  const next: HolderRecord = { ...rec, coordinator, epoch: Math.max(rec.epoch, epoch), receiptAcked: false }
+  delete next.handoffFrom
+  return next
+}
+
+/** Sending side: `to` is the backup chosen to take over this archive copy (recorded before asking it). */
+export function handoffChosen (rec: HolderRecord, to: string): HolderRecord {
+  if (rec.role !== 'backup') throw new WrongStateError(`hand off ${rec.cid}/${rec.role}`, ['backup'], rec.role)
+  expectState(rec, 'hand off', 'stored')
+  const next: HolderRecord = { ...rec, handoffTo: to }
+  delete next.handoffAckedAt
+  return next
+}
+
+/** Sending side: `handoffTo` holds the file durably. */
+export function handoffDone (rec: HolderRecord, now: string): HolderRecord {
+  if (rec.handoffTo == null) throw new WrongStateError(`hand-off done ${rec.cid}/${rec.role}`, ['hand-off target chosen'], 'no target')
+  return rec.handoffAckedAt != null ? rec : { ...rec, handoffAckedAt: now }
 }
