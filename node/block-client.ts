@@ -28,6 +28,7 @@ import { BlockWorkList, DEFAULT_PREFERRED_SOURCE_PATIENCE_MS, DEFAULT_PREFERRED_
 import type { BlockWorkItem, LeafRange } from './block-work-list.ts'
 import { preferredSource, probePartner } from './swarm.ts'
 import type { SwarmShare } from './swarm.ts'
+import { writeFully } from './fsutil.ts'
 
 export { BlockMismatchError } from '../protocols/cid-policy.ts'
 export { BlocksUnavailableError } from './block-work-list.ts'
@@ -423,15 +424,6 @@ class BlockSession {
   }
 }
 
-/** Writes all of `bytes` at `offset` (a positional write may be short). */
-async function writeFully (fh: FileHandle, bytes: Uint8Array, offset: number): Promise<void> {
-  let done = 0
-  while (done < bytes.byteLength) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done, offset + done)
-    if (bytesWritten <= 0) throw new Error(`short write at offset ${offset + done}`)
-    done += bytesWritten
-  }
-}
 
 function isErrorNamed (err: unknown, name: string): boolean {
   return err instanceof Error && err.name === name

@@ -29,6 +29,7 @@ import { CHANNEL_BLOCKS_IN_FLIGHT_MAX, CHANNEL_PEERS_TRACKED_MAX } from '../prot
 import type { Leaf } from '../protocols/unixfs.ts'
 import type { ChannelBlockSession, ChannelSessionOpener } from './channel-session.ts'
 import type { Logger } from './log.ts'
+import { writeFully } from './fsutil.ts'
 
 /**
  * Blocks asked of one source at a time (one stream). Small, because every follower serves every other: a
@@ -462,15 +463,6 @@ export class ChannelFetch {
       if (clean) await session?.close()
       else session?.abort(new Error('channel fetch of this source ended'))
     }
-  }
-}
-
-async function writeFully (fh: FileHandle, bytes: Uint8Array, offset: number): Promise<void> {
-  let done = 0
-  while (done < bytes.byteLength) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done, offset + done)
-    if (bytesWritten <= 0) throw new Error(`short write at offset ${offset + done}`)
-    done += bytesWritten
   }
 }
 

@@ -21,6 +21,7 @@ import type { Leaf } from '../protocols/unixfs.ts'
 import type { BlockClient } from './block-client.ts'
 import type { LocalBlocks } from './block-store.ts'
 import type { Logger } from './log.ts'
+import { writeFully } from './fsutil.ts'
 
 /** File bytes fetched per segment (16 leaves). */
 export const DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
@@ -261,15 +262,6 @@ function splitSegments (leaves: Leaf[], segmentBytes: number): Segment[] {
   const last = current[current.length - 1]
   if (last != null) segments.push({ leaves: current, end: last.offset + last.length })
   return segments
-}
-
-async function writeFully (fh: FileHandle, bytes: Uint8Array, offset: number): Promise<void> {
-  let done = 0
-  while (done < bytes.byteLength) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done, offset + done)
-    if (bytesWritten <= 0) throw new Error(`short write at offset ${offset + done}`)
-    done += bytesWritten
-  }
 }
 
 async function readFully (fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {

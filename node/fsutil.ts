@@ -177,3 +177,13 @@ export function errnoCode (err: unknown): string | undefined {
   if (typeof err === 'object' && err != null && 'code' in err && typeof err.code === 'string') return err.code
   return undefined
 }
+
+/** Writes all of `bytes` at `offset` (a positional write may be short). */
+export async function writeFully (fh: FileHandle, bytes: Uint8Array, offset: number): Promise<void> {
+  let done = 0
+  while (done < bytes.byteLength) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done, offset + done)
+    if (bytesWritten <= 0) throw new Error(`short write at offset ${offset + done}`)
+    done += bytesWritten
+  }
+}
