@@ -41,6 +41,8 @@ const seed = Number(opts.seed)
 const timeoutMs = Number(opts['timeout-s']) * 1000
 const tty = process.stderr.isTTY === true
 const say = (s: string): void => { process.stderr.write(s + '\n') }
+/** How long the owners may take, after the last file is processed, to learn the archive holds it and drop their copies. */
+const LEFTOVER_WAIT_MS = 30_000
 
 const root = await fs.mkdtemp(path.join(os.tmpdir(), 'filemesh-demo-'))
 const mesh = new LocalMesh(root)
@@ -108,11 +110,24 @@ async function main (): Promise<boolean> {
   if (tty) process.stderr.write('\n')
 
   const report = await checkOutcome(ledger, archiveDir, logs)
-  const leftovers = [
-    ...(await listVisible(inbox)).map((n) => `inbox/${n}`),
-    ...(await listVisible(path.join(mesh.dataDir('ingest'), 'spool'))).map((n) => `spool/${n}`)
-  ]
-  for (let i = 1; i <= processorCount; i++) leftovers.push(...(await listVisible(path.join(mesh.dataDir(`proc${i}`), 'work'))).map((n) => `proc${i}/work/${n}`))
+  const listLeftovers = async (): Promise<string[]> => {
+    const found = [
+      ...(await listVisible(inbox)).map((n) => `inbox/${n}`),
+      ...(await listVisible(path.join(mesh.dataDir('ingest'), 'spool'))).map((n) => `spool/${n}`)
+    ]
+    for (let i = 1; i <= processorCount; i++) found.push(...(await listVisible(path.join(mesh.dataDir(`proc${i}`), 'work'))).map((n) => `proc${i}/work/${n}`))
+    return found
+  }
+  // An owner keeps its working copy until the coordinator confirms the archive holds the file, which can come
+  // a moment after the last file counts as processed: give that a bounded time before calling a copy left over.
+  let leftovers = await listLeftovers()
+  if (leftovers.length > 0) {
+    say(`waiting for ${leftovers.length} working copies to be released (an owner keeps its copy until the archive is confirmed)`)
+    leftovers = await waitFor('working copies released', async () => {
+      const left = await listLeftovers()
+      return left.length === 0 ? left : undefined
+    }, LEFTOVER_WAIT_MS, 250).catch(async () => await listLeftovers())
+  }
   const ok = checkPassed(report) && leftovers.length === 0 && final.files.failed === 0
 
   const mib = totalBytes / 1048576
