@@ -36,6 +36,7 @@ import { Store } from './store.ts'
 import { drainReport } from './drain.ts'
 import { Scrubber } from './scrub.ts'
 import { ArchiveHandoff } from './replicate.ts'
+import { BackupCoordinator } from './takeover.ts'
 import { FetchByCid } from './fetch-by-cid.ts'
 import { swarmSources } from './swarm.ts'
 import type { DrainReport } from './drain.ts'
@@ -69,8 +70,10 @@ export interface DaemonConfig {
   /** Quiet period after which an in-place file without other evidence counts as complete. */
   inboxQuietMs?: number
   inboxRescanMs?: number
-  /** An owner or backup absent this long is replaced (ingest role). */
+  /** An owner or backup absent this long is replaced (ingest role; backup role after a takeover). */
   reassignGraceMs?: number
+  /** The ingest node absent this long: a backup takes over coordinating its released, unprocessed files (default 2 x reassignGraceMs). */
+  takeoverGraceMs?: number
   /** Holders refuse new files when free space would fall below this (bytes). */
   minFreeBytes?: number
   /** Re-hash every stored copy this often (0 = only on `filemesh scrub`). */
@@ -126,6 +129,7 @@ export class Daemon {
   #scrubber: Scrubber | undefined
   #channels: ChannelService | undefined
   #handoff: ArchiveHandoff | undefined
+  #standby: BackupCoordinator | undefined
   #fetchByCid: FetchByCid | undefined
   #scrubTimer: NodeJS.Timeout | undefined
   readonly #announcements = { rejected: 0, ignored: 0 }
@@ -201,6 +205,9 @@ export class Daemon {
       if (archive != null) {
         const holder = this.#holder
         this.#handoff = new ArchiveHandoff({ store, control: this.#control, log: log.child('handoff'), selfId, backupCandidates: () => members.view.candidates('backup'), updateBackup: async (cid, fn) => await holder.updateRecord(cid, 'backup', fn) })
+        this.#standby = new BackupCoordinator({
+          store, control: this.#control, log: log.child('takeover'), selfId, isLive: (peer) => members.view.isLive(peer), processCandidates: () => members.view.candidates('process'), updateBackup: async (cid, fn) => await holder.updateRecord(cid, 'backup', fn)
+        }, { reassignGraceMs: cfg.reassignGraceMs, takeoverGraceMs: cfg.takeoverGraceMs })
       }
     }
     if (cfg.roles.includes('ingest')) {
@@ -228,6 +235,8 @@ export class Daemon {
 
     await this.#holder?.reconcile()
     await this.#handoff?.start()
+    await this.#standby?.reconcile()
+    this.#standby?.start()
     await this.#ingest?.reconcile()
     this.#ingest?.start()
     if (this.#ingest != null && this.inboxDir != null) {
@@ -249,14 +258,20 @@ export class Daemon {
   }
 
   async #dispatch (from: string, msg: ControlRequest): Promise<ControlReply> {
+    // Reports about a file this node archives and stands by for (or coordinates after a takeover), and did not
+    // accept itself, go to the backup's coordinator (node/takeover.ts).
+    const standby = msg.type === 'receipt' || msg.type === 'lease' || msg.type === 'decline' || msg.type === 'progress' || msg.type === 'archived'
+      ? this.#standby != null && await this.#standby.coordinates(msg.cid) && await this.#store?.getIngest(msg.cid) == null
+      : false
     switch (msg.type) {
       case 'assign': return this.#holder != null ? await this.#holder.onAssign(from, msg) : refuse('wrong-role', 'this node holds no files')
-      case 'receipt': return this.#ingest != null ? await this.#ingest.onReceipt(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'lease': return this.#ingest != null ? await this.#ingest.onLease(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'decline': return this.#ingest != null ? await this.#ingest.onDecline(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'coordinate': return this.#standby != null ? await this.#standby.onCoordinate(from, msg) : refuse('wrong-role', 'this node has no archive')
+      case 'receipt': return standby ? await (this.#standby as BackupCoordinator).onReceipt(from, msg) : this.#ingest != null ? await this.#ingest.onReceipt(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'lease': return standby ? await (this.#standby as BackupCoordinator).onLease(from, msg) : this.#ingest != null ? await this.#ingest.onLease(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'decline': return standby ? await (this.#standby as BackupCoordinator).onDecline(from, msg) : this.#ingest != null ? await this.#ingest.onDecline(from, msg) : refuse('wrong-role', 'this node coordinates no files')
       case 'has': return this.#fetchByCid != null ? await this.#fetchByCid.onHas(from, msg) : refuse('not-ready', 'node is starting')
-      case 'progress': return this.#ingest != null ? await this.#ingest.onProgress(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'archived': return this.#ingest != null ? await this.#ingest.onArchived(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'progress': return standby ? await (this.#standby as BackupCoordinator).onProgress(from, msg) : this.#ingest != null ? await this.#ingest.onProgress(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'archived': return standby ? await (this.#standby as BackupCoordinator).onArchived(from, msg) : this.#ingest != null ? await this.#ingest.onArchived(from, msg) : refuse('wrong-role', 'this node coordinates no files')
       case 'handoff': return this.#ingest != null ? await this.#ingest.onHandoff(from, msg) : refuse('wrong-role', 'this node coordinates no files')
       case 'replicate': return this.#holder != null ? await this.#holder.onReplicate(from, msg) : refuse('wrong-role', 'this node has no archive')
     }
@@ -311,7 +326,7 @@ export class Daemon {
       const self = node.peerId.toString()
       for (const role of ['owner', 'backup'] as const) {
         if ((role === 'owner' ? ann.owner : ann.backup) !== self) continue
-        this.#holder.onAssign(from, { type: 'assign', v: 1, cid: ann.cid, name: ann.name, size: ann.size, role, epoch: ann.epoch, sources: swarmSources(from, [ann.owner, ann.backup]) })
+        this.#holder.onAssign(from, { type: 'assign', v: 1, cid: ann.cid, name: ann.name, size: ann.size, role, epoch: ann.epoch, sources: swarmSources(from, [ann.owner, ann.backup]), ...(role === 'owner' ? { backup: ann.backup } : {}) })
           .catch((err) => { log.warn('announcement not taken', { cid: ann.cid, err }) })
       }
     })
@@ -383,6 +398,7 @@ export class Daemon {
       ...(this.#channels != null ? { channels: await this.#channels.status() } : {}),
       counters: {
         ...(this.#ingest?.counters ?? {}),
+        ...(this.#standby?.counters ?? {}),
         rejectedHeartbeats: this.#members?.rejectedMessages ?? 0,
         gaterRejections: this.#gate?.rejections ?? 0,
         ...this.#securityCounters(),
@@ -402,7 +418,7 @@ export class Daemon {
     const blocks = this.#blockServer?.stats()
     const parts = {
       rejectedAssignments: this.#holder?.counters.rejectedAssignments ?? 0,
-      rejectedReports: this.#ingest?.counters.rejectedReports ?? 0,
+      rejectedReports: (this.#ingest?.counters.rejectedReports ?? 0) + (this.#standby?.counters.rejectedStandbyReports ?? 0),
       rejectedAnnouncements: this.#announcements.rejected,
       malformedControl: (control?.malformed ?? 0) + (control?.oversized ?? 0)
     }
@@ -434,6 +450,7 @@ export class Daemon {
     await this.#inbox?.stop()
     this.#ingest?.stop()
     this.#handoff?.stop()
+    this.#standby?.stop()
     await this.#holder?.stop()
     this.#members?.stop()
     await this.#api?.close()

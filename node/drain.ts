@@ -38,7 +38,8 @@ export function drainReport (input: DrainInput): DrainReport {
     let undecided = 0
     for (const rec of input.ingest) {
       if (rec.phase !== 'released') unreleased++
-      else if (rec.processing === 'pending' || rec.processing === 'processing') undecided++
+      // A file whose backup took over coordinating it is not this node's to wait for.
+      else if (rec.takenOverBy == null && (rec.processing === 'pending' || rec.processing === 'processing')) undecided++
     }
     if (input.inboxFiles > 0) blockers.push(`${input.inboxFiles} file(s) still in the inbox: move them to another ingest node's inbox`)
     if (unreleased > 0) blockers.push(`${unreleased} accepted file(s) not yet held by their owner and backup`)

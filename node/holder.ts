@@ -11,6 +11,12 @@
  * yet acknowledged is sent again, an interrupted command runs again (attempt + 1, so the command can tell
  * from FILEMESH_ATTEMPT), a kept working copy asks again whether the archive holds its file.
  *
+ * Coordinator hand-off (node/core/takeover.ts): an owner learns the file's backup from its assignment and
+ * copies its lease checks (on a re-run, or while the coordinator is unreachable) and outcome reports to it. It
+ * accepts an assignment from that backup (a coordinator change at the same epoch, or a reassignment at a higher
+ * one), and from a live backup member for a file it does not hold yet only at an epoch above 1 (a takeover's
+ * reassignment is never a first placement). A coordinator answering 'moved' hands the owner to its backup.
+ *
  * Swarm transfer (node/swarm.ts): if the assignment's sources name this node among the holders after the
  * coordinator, this node is holder k of n and pulls the leaves of its share (distinct-leaf ordinal ≡ k mod n)
  * from the coordinator and the others from the holders whose share they are; meanwhile its own written
@@ -21,12 +27,12 @@ import path from 'node:path'
 import PQueue from 'p-queue'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { CID } from 'multiformats/cid'
-import type { AssignMessage, ControlReply, HolderRole, ReplicateMessage } from '../protocols/messages.ts'
+import type { AssignMessage, ControlReply, HolderRole, ProgressMessage, ReplicateMessage } from '../protocols/messages.ts'
 import type { Role } from '../protocols/roles.ts'
 import { parseCid, RAW_CODE } from '../protocols/cid-policy.ts'
 import { resolveLeaves } from '../protocols/unixfs.ts'
 import type { Leaf } from '../protocols/unixfs.ts'
-import { assigned, handoffAdopted, handoffAssigned, outcomeAcked, processingDone, processingFailed, processingRetry, processingStarted, receiptAcked, stored } from './core/lifecycle.ts'
+import { assigned, coordinatorMoved, handoffAdopted, handoffAssigned, outcomeAcked, processingDone, processingFailed, processingRetry, processingStarted, receiptAcked, stored } from './core/lifecycle.ts'
 import type { HolderRecord } from './core/lifecycle.ts'
 import { ControlRequestError, ok, refuse } from './control.ts'
 import type { ControlChannel } from './control.ts'
@@ -90,12 +96,31 @@ const SUPERSEDED_CODES = new Set(['not-holder', 'not-owner', 'unknown-file', 'st
 /** How long the owner keeps trying to have the coordinator confirm its lease before running anyway. */
 const LEASE_CHECK_TIMEOUT_MS = 10_000
 const LEASE_CHECK_RETRY_MS = 500
+/** One try of the lease check waits at most this long, so the backup is asked too before the check times out. */
+const LEASE_CHECK_TRY_MS = 5_000
+/** The coordinator's answer when the file's backup coordinates it now: follow the backup. */
+const MOVED_CODE = 'moved'
+/** A copy of a report to the backup waits at most this long: the coordinator's answer is what counts. */
+const BACKUP_CC_TIMEOUT_MS = 3_000
+/** Copies of an outcome report to the backup are tried this many times (the backup may be gone for good). */
+const BACKUP_CC_ATTEMPTS_MAX = 8
+/** The backup's refusals that mean our epoch is over. */
+const CC_SUPERSEDED_CODES = new Set(['not-owner', 'stale-epoch'])
 /** How often a processed owner asks whether the archive holds the file yet (doubling up to the max). */
 const ARCHIVE_CHECK_BASE_MS = 1_000
 const ARCHIVE_CHECK_MAX_MS = 30_000
 
 function isSuperseded (err: unknown): err is ControlRequestError {
   return err instanceof ControlRequestError && SUPERSEDED_CODES.has(err.code ?? '')
+}
+
+function isMoved (err: unknown): err is ControlRequestError {
+  return err instanceof ControlRequestError && err.code === MOVED_CODE
+}
+
+/** The backup to copy an owner's reports to, if it is another node than the coordinator and this one. */
+function ccBackup (rec: HolderRecord, self: string): string | undefined {
+  return rec.role === 'owner' && rec.backup != null && rec.backup !== rec.coordinator && rec.backup !== self ? rec.backup : undefined
 }
 
 export class HolderService {
@@ -176,7 +201,9 @@ export class HolderService {
     const needed: Role = msg.role === 'owner' ? 'process' : 'backup'
     if (!this.#init.roles.includes(needed)) return refuse('wrong-role', `this node does not have the ${needed} role`)
     if (msg.role === 'backup' && this.#init.archive == null) return refuse('wrong-role', 'this node has no archive')
-    if (!this.#isIngest(from)) return this.#reject(from, msg, 'not-coordinator', 'only a live ingest member may assign files')
+    // The file's backup coordinates it after a takeover (node/core/takeover.ts): it may assign the owner role.
+    const fromBackup = msg.role === 'owner' && msg.backup === from && from !== this.#self && this.#isBackup(from)
+    if (!this.#isIngest(from) && !fromBackup) return this.#reject(from, msg, 'not-coordinator', 'only a live ingest member may assign files')
     try {
       if (parseCid(msg.cid).toString() !== msg.cid) return this.#reject(from, msg, 'bad-cid', 'CID not in its canonical (base32) form')
       for (const s of msg.sources) peerIdFromString(s)
@@ -203,12 +230,20 @@ export class HolderService {
         await this.#store.commit([this.#store.putHolder(next)])
         return next
       }
+      // Our recorded backup took over coordinating the file: follow it (a newer epoch is adopted).
+      if (existing != null && msg.role === 'owner' && existing.backup === from && existing.coordinator !== from && msg.epoch >= existing.epoch) {
+        const next = coordinatorMoved(existing, from, msg.epoch)
+        await this.#store.commit([this.#store.putHolder(next)])
+        return next
+      }
       // The same assignment again: already recorded.
       if (existing != null && existing.epoch >= msg.epoch) {
         repeated = true
         return undefined
       }
       if (existing != null && existing.coordinator !== from) return 'not-coordinator' as const
+      // A backup's first assignment of a file to us is a takeover's reassignment: never epoch 1.
+      if (existing == null && !this.#isIngest(from) && msg.epoch < 2) return 'not-coordinator' as const
       if (existing != null && existing.state !== 'fetching') {
         // Reassigned to us under a newer epoch while we already hold the file: keep the copy and its state,
         // adopt the epoch, and report again (receipt, and the outcome if there is one) under it.
@@ -217,7 +252,7 @@ export class HolderService {
         return next
       }
       const sources = [...new Set([from, ...msg.sources])]
-      const next = assigned({ cid: msg.cid, name: msg.name, size: msg.size, role: msg.role, epoch: msg.epoch, coordinator: from, sources, now: new Date().toISOString() })
+      const next = assigned({ cid: msg.cid, name: msg.name, size: msg.size, role: msg.role, epoch: msg.epoch, coordinator: from, sources, now: new Date().toISOString(), ...(msg.backup != null ? { backup: msg.backup } : {}) })
       await this.#store.commit([this.#store.putHolder(next)])
       return next
     })
@@ -469,15 +504,19 @@ export class HolderService {
 
   #sendReceipt (rec: HolderRecord): void {
     this.#retrier.run(`receipt:${rec.cid}:${rec.role}`, async (signal) => {
+      // Re-read: the coordinator may have changed (moved to the file's backup) since the receipt was due.
+      const current = await this.#store.getHolder(rec.cid, rec.role) ?? rec
       try {
-        await this.#control.request(rec.coordinator, { type: 'receipt', v: 1, cid: rec.cid, role: rec.role, epoch: rec.epoch }, { signal })
+        await this.#control.request(current.coordinator, { type: 'receipt', v: 1, cid: rec.cid, role: rec.role, epoch: current.epoch }, { signal })
       } catch (err) {
+        // The backup coordinates the file now: the next attempt sends the receipt to it.
+        if (isMoved(err) && await this.#followBackup(rec.cid, rec.role) != null) throw err
         if (!isSuperseded(err)) throw err
         await this.#superseded(rec.cid, rec.role, err.message)
         return
       }
       await this.#update(rec.cid, rec.role, (r) => r.receiptAcked ? undefined : receiptAcked(r))
-      this.#log.debug('receipt acknowledged', { cid: rec.cid, role: rec.role, peer: rec.coordinator })
+      this.#log.debug('receipt acknowledged', { cid: rec.cid, role: rec.role, peer: current.coordinator })
     })
   }
 
@@ -486,9 +525,13 @@ export class HolderService {
       const current = await this.#store.getHolder(rec.cid, 'owner')
       if (current == null || (current.state !== 'processed' && current.state !== 'failed') || current.outcomeAcked) return
       const msg = { type: 'progress' as const, v: 1 as const, cid: rec.cid, epoch: current.epoch, state: current.state, attempt: current.attempt, ...(current.lastError != null ? { error: current.lastError.slice(0, 2000) } : {}) }
+      const cc = ccBackup(current, this.#self)
+      if (cc != null) this.#copyOutcome(cc, msg)
       try {
         await this.#control.request(current.coordinator, msg, { signal })
       } catch (err) {
+        // The backup coordinates the file now: report to it (the next attempt reads the moved record).
+        if (isMoved(err) && await this.#followBackup(rec.cid, 'owner') != null) throw err
         if (!isSuperseded(err)) throw err
         // Another owner holds the current epoch: our run was a duplicate, already counted by the coordinator.
         this.#log.warn('outcome refused: another owner has the current epoch', { cid: rec.cid, peer: current.coordinator, epoch: current.epoch, err: err.message })
@@ -496,6 +539,52 @@ export class HolderService {
       if (current.state === 'processed') this.#releaseWorkingCopy(current)
       await this.#update(rec.cid, 'owner', (r) => r.outcomeAcked ? undefined : outcomeAcked(r))
     })
+  }
+
+  /**
+   * Copies an outcome report to the file's backup (its standby coordinator must know the file is done), a few
+   * times at most: the coordinator's answer is what counts, and the backup may be gone for good.
+   */
+  #copyOutcome (backup: string, msg: ProgressMessage): void {
+    this.#retrier.run(`outcome-cc:${msg.cid}:${msg.epoch}:${msg.state}`, async (signal) => {
+      for (let attempt = 1; attempt <= BACKUP_CC_ATTEMPTS_MAX && !signal.aborted; attempt++) {
+        try {
+          await this.#control.request(backup, msg, { signal: AbortSignal.any([signal, AbortSignal.timeout(BACKUP_CC_TIMEOUT_MS)]) })
+          return
+        } catch (err) {
+          if (err instanceof ControlRequestError && err.code != null) return // answered: recorded or not its business
+          await sleep(backoffMs(attempt, { baseMs: 500, maxMs: 15_000 }), signal)
+        }
+      }
+    })
+  }
+
+  /**
+   * Asks the file's backup (the standby coordinator) whether our epoch is still current: 'superseded' if it
+   * says another owner has the file, 'confirmed' if it agrees, 'unknown' if it has no say or cannot be reached.
+   */
+  async #askBackup (rec: HolderRecord, signal: AbortSignal): Promise<'confirmed' | 'superseded' | 'unknown'> {
+    const backup = ccBackup(rec, this.#self)
+    if (backup == null) return 'unknown'
+    try {
+      await this.#control.request(backup, { type: 'progress', v: 1, cid: rec.cid, epoch: rec.epoch, state: 'processing', attempt: rec.attempt }, { signal: AbortSignal.any([signal, AbortSignal.timeout(BACKUP_CC_TIMEOUT_MS)]) })
+      return 'confirmed'
+    } catch (err) {
+      return err instanceof ControlRequestError && CC_SUPERSEDED_CODES.has(err.code ?? '') ? 'superseded' : 'unknown'
+    }
+  }
+
+  /** The coordinator answered 'moved': the file's backup coordinates it now; report to it from now on ({sync}). */
+  async #followBackup (cid: string, role: HolderRole): Promise<HolderRecord | undefined> {
+    const next = await this.#locks.run(`${cid}/${role}`, async () => {
+      const current = await this.#store.getHolder(cid, role)
+      if (current?.backup == null || current.backup === current.coordinator) return undefined
+      const moved = coordinatorMoved(current, current.backup, current.epoch)
+      await this.#store.commit([this.#store.putHolder(moved)])
+      return moved
+    })
+    if (next != null) this.#log.warn('the coordinator says the file\'s backup coordinates it now: following it', { cid, peer: next.coordinator })
+    return next
   }
 
   /** Applies `fn` to the current record under its lock and commits the result; undefined from `fn` = no change. */
@@ -621,12 +710,18 @@ export class HolderService {
     this.#keptCopies.add(rec.cid)
     let waits = 0
     this.#retrier.run(`working-copy:${rec.cid}`, async (signal) => {
+      let coordinator = (await this.#store.getHolder(rec.cid, 'owner'))?.coordinator ?? rec.coordinator
       while (!signal.aborted) {
         try {
-          await this.#control.request(rec.coordinator, { type: 'archived', v: 1, cid: rec.cid, epoch: rec.epoch }, { signal })
+          await this.#control.request(coordinator, { type: 'archived', v: 1, cid: rec.cid, epoch: rec.epoch }, { signal })
           break
         } catch (err) {
           if (!(err instanceof ControlRequestError) || err.code == null) throw err
+          const moved = isMoved(err) ? await this.#followBackup(rec.cid, 'owner') : undefined
+          if (moved != null) {
+            coordinator = moved.coordinator // the backup coordinates the file now (and holds the archive copy)
+            continue
+          }
           if (err.code !== 'not-archived') {
             this.#log.warn('the coordinator cannot confirm the archive holds this file: the working copy is kept', { cid: rec.cid, peer: rec.coordinator, file: workPath, code: err.code, err: err.message })
             return
@@ -660,16 +755,32 @@ export class HolderService {
   async #checkLease (rec: HolderRecord, signal: AbortSignal): Promise<'confirmed' | 'unconfirmed' | 'superseded'> {
     const deadline = performance.now() + LEASE_CHECK_TIMEOUT_MS
     let lastErr: unknown
+    // A re-run (after a crash, maybe a long absence) asks the backup first: it may have taken over and moved the
+    // file on while the ingest node is gone for good. So does every try after the coordinator could not be reached.
+    let askBackup = rec.attempt > 1
     while (!signal.aborted && performance.now() < deadline) {
+      const backup = askBackup ? await this.#askBackup(rec, signal) : 'unknown'
+      if (backup === 'superseded') {
+        await this.#superseded(rec.cid, 'owner', 'the file\'s backup has a newer epoch')
+        return 'superseded'
+      }
       try {
-        await this.#control.request(rec.coordinator, { type: 'progress', v: 1, cid: rec.cid, epoch: rec.epoch, state: 'processing', attempt: rec.attempt }, { signal: AbortSignal.any([signal, AbortSignal.timeout(Math.max(1, Math.ceil(deadline - performance.now())))]) })
+        const tryMs = Math.max(1, Math.min(LEASE_CHECK_TRY_MS, Math.ceil(deadline - performance.now())))
+        await this.#control.request(rec.coordinator, { type: 'progress', v: 1, cid: rec.cid, epoch: rec.epoch, state: 'processing', attempt: rec.attempt }, { signal: AbortSignal.any([signal, AbortSignal.timeout(tryMs)]) })
         return 'confirmed'
       } catch (err) {
         if (isSuperseded(err)) {
           await this.#superseded(rec.cid, 'owner', err.message)
           return 'superseded'
         }
+        if (isMoved(err)) {
+          const moved = await this.#followBackup(rec.cid, 'owner')
+          if (moved != null) { rec = moved; continue }
+        }
         lastErr = err
+        // The coordinator is unreachable (the ingest node may be gone): the backup, standing by, may answer.
+        if (backup === 'confirmed') return 'confirmed'
+        askBackup = true
         await sleep(LEASE_CHECK_RETRY_MS, signal)
       }
     }

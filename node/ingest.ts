@@ -15,6 +15,11 @@
  *   receipt: batch {sync}: record the receipt
  *   release: unlink spool file -> fsync spool dir -> batch {sync}: released + tombstone, drop leaf index
  * On start, `reconcile()` re-drives every record and claim that was in flight; every step is idempotent.
+ *
+ * After release the file's backup stands by as coordinator (node/core/takeover.ts): this node sends it the
+ * file's coordination state (`coordinate`, recorded as `standby` {sync} once acknowledged) until the file is
+ * processed, assigns a released file's new owner only after the backup recorded the new epoch, and defers for
+ * good (`takenOverBy` {sync}; owners asking are answered 'moved') once the backup says it took over.
  */
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -23,8 +28,9 @@ import { FILES_TOPIC } from '../protocols/ids.ts'
 import { GOSSIP_MESSAGE_BYTES_MAX } from '../protocols/limits.ts'
 import { encodeMessage } from '../protocols/messages.ts'
 import type { AnnounceMessage, ArchivedMessage, ControlReply, DeclineMessage, HandoffMessage, HolderRole, LeaseMessage, ProgressMessage, ReceiptMessage } from '../protocols/messages.ts'
+import { coordinateMessage, standbyDue } from './core/takeover.ts'
 import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, archiveHolds, backupWatched, inPlay, ownerWatched, replaceDrainingBackup, successor } from './core/coordinator.ts'
-import { archiveConfirmed, backupReassigned, backupReplaced, canRelease, ownerReassigned, placed, progressFrom, receiptFrom, received, released } from './core/lifecycle.ts'
+import { archiveConfirmed, backupReassigned, backupReplaced, canRelease, coordinationTakenOver, ownerReassigned, placed, progressFrom, receiptFrom, received, released, standbyRecorded } from './core/lifecycle.ts'
 import type { IngestRecord, Readiness } from './core/lifecycle.ts'
 import { place } from './core/placement.ts'
 import { ControlRequestError, ok, refuse } from './control.ts'
@@ -79,6 +85,8 @@ export interface IngestCounters {
   backupReassignments: number
   /** Backups replaced after their receipt (they keep their copies: extra archive copies), over all records. */
   extraArchiveCopies: number
+  /** Files whose backup took over coordinating them while this node was gone (this node defers), over all records. */
+  deferredToBackup: number
 }
 
 export class IngestService {
@@ -100,10 +108,12 @@ export class IngestService {
   readonly #absence: AbsenceTracker
   /** Peers that refused a file or were replaced for it: never chosen for it again by this run. */
   readonly #excluded = new Map<string, Set<string>>()
+  /** Released files whose backup recorded their state before this node's last start: asked again (it may have taken over). */
+  readonly #reconfirm = new Set<string>()
   readonly #checkIntervalMs: number
   #checkTimer: NodeJS.Timeout | undefined
   #checking = false
-  readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0, ownerReassignments: 0, backupReassignments: 0, extraArchiveCopies: 0 }
+  readonly counters: IngestCounters = { accepted: 0, duplicates: 0, givenBack: 0, released: 0, rejectedReports: 0, ownerReassignments: 0, backupReassignments: 0, extraArchiveCopies: 0, deferredToBackup: 0 }
 
   constructor (components: { store: Store, node: MeshNode, members: MembershipService, control: ControlChannel, log: Logger }, init: IngestServiceInit) {
     this.#store = components.store
@@ -251,21 +261,25 @@ export class IngestService {
 
   /** Sends what a placed record still needs: assignments to holders without receipts, the announcement, release. */
   #drive (rec: IngestRecord): void {
-    if (rec.phase === 'received' || rec.owner == null || rec.backup == null) return
+    if (rec.phase === 'received' || rec.owner == null || rec.backup == null || rec.takenOverBy != null) return
+    // A released file's new owner is assigned only once its backup recorded the epoch (takeover rule 1).
+    const standby = this.#coordinateDue(rec)
+    if (standby) this.#sendCoordinate(rec.cid)
     if (rec.phase === 'placed') {
       const announce: AnnounceMessage = { type: 'announce', v: 1, cid: rec.cid, name: rec.name, size: rec.size, owner: rec.owner, backup: rec.backup, epoch: rec.epoch }
       this.#node.services.pubsub.publish(FILES_TOPIC, encodeMessage(announce, GOSSIP_MESSAGE_BYTES_MAX)).catch((err) => { this.#log.debug('announce failed', { cid: rec.cid, err }) })
     }
     for (const role of ['owner', 'backup'] as const) {
       if ((role === 'owner' ? rec.ownerStoredAt : rec.backupStoredAt) != null) continue
-      if (role === 'owner' && !ownerWatched(rec)) continue
+      if (role === 'owner' && (!ownerWatched(rec) || standby)) continue
       const peer = role === 'owner' ? rec.owner : rec.backup
       this.#retrier.run(assignKey(rec.cid, role, peer), async (signal) => {
         const current = await this.#store.getIngest(rec.cid)
-        if (current == null || current.phase === 'received' || (role === 'owner' ? current.owner : current.backup) !== peer) return
+        if (current == null || current.phase === 'received' || current.takenOverBy != null || (role === 'owner' ? current.owner : current.backup) !== peer) return
         if ((role === 'owner' ? current.ownerStoredAt : current.backupStoredAt) != null) return
+        if (role === 'owner' && this.#coordinateDue(current)) return // assigned once the backup recorded the epoch
         try {
-          await this.#control.request(peer, { type: 'assign', v: 1, cid: rec.cid, name: rec.name, size: rec.size, role, epoch: current.epoch, sources: this.#sourcesOf(current, role) }, { signal })
+          await this.#control.request(peer, { type: 'assign', v: 1, cid: rec.cid, name: rec.name, size: rec.size, role, epoch: current.epoch, sources: this.#sourcesOf(current, role), ...(role === 'owner' && current.backup != null ? { backup: current.backup } : {}) }, { signal })
         } catch (err) {
           if (!(err instanceof ControlRequestError) || !FINAL_REFUSALS.has(err.code ?? '')) throw err
           this.#log.warn('holder refused the file: choosing the next candidate', { cid: rec.cid, peer, role, code: err.code })
@@ -330,7 +344,7 @@ export class IngestService {
   async #reassign (cid: string, role: HolderRole, from: string, reason: string): Promise<void> {
     const next = await this.#withLock(cid, async () => {
       const rec = await this.#store.getIngest(cid)
-      if (rec == null || (role === 'owner' ? rec.owner : rec.backup) !== from) return undefined
+      if (rec == null || rec.takenOverBy != null || (role === 'owner' ? rec.owner : rec.backup) !== from) return undefined
       if (role === 'owner' ? !ownerWatched(rec) : !backupWatched(rec)) return undefined
       const excluded = this.#excluded.get(cid) ?? new Set<string>()
       excluded.add(from)
@@ -365,11 +379,80 @@ export class IngestService {
     if (next != null) this.#drive(next)
   }
 
+  /**
+   * Tells the released file's backup its coordination state until the backup recorded the current epoch
+   * (takeover rule 1), then drives the record again (a new owner waits for this). A 'taken-over' refusal
+   * means the backup coordinates the file now: this node defers for good.
+   */
+  #sendCoordinate (cid: string): void {
+    this.#retrier.run(`coordinate:${cid}`, async (signal) => {
+      // Loops while due: the owner may change (epoch + 1) while a message is on its way; each epoch is recorded.
+      while (!signal.aborted) {
+        const rec = await this.#store.getIngest(cid)
+        if (rec == null || !this.#coordinateDue(rec) || rec.backup == null) break
+        const backup = rec.backup
+        const msg = coordinateMessage(rec, this.#excluded.get(cid) ?? [])
+        try {
+          await this.#control.request(backup, msg, { signal })
+        } catch (err) {
+          if (err instanceof ControlRequestError && err.code === 'taken-over') {
+            await this.#deferToBackup(cid, backup)
+            return
+          }
+          throw err
+        }
+        await this.#withLock(cid, async () => {
+          const current = await this.#store.getIngest(cid)
+          if (current == null || current.backup !== backup || current.epoch !== msg.epoch || current.owner !== msg.owner) return
+          this.#reconfirm.delete(cid)
+          if (!standbyDue(current, this.self)) return
+          await this.#store.commit([this.#store.putIngest(standbyRecorded(current, backup, msg.epoch))])
+          this.#log.debug('backup recorded the coordination state', { cid, peer: backup, epoch: msg.epoch })
+        })
+      }
+      // The new owner (if any) waited for this: assign it now.
+      const current = await this.#store.getIngest(cid)
+      if (current != null && !signal.aborted) this.#drive(current)
+    })
+  }
+
+  /**
+   * Due to tell the backup the file's coordination state: by the takeover rules (standbyDue), or because this
+   * node restarted since the backup last recorded it (the backup may have taken over meanwhile).
+   */
+  #coordinateDue (rec: IngestRecord): boolean {
+    if (standbyDue(rec, this.self)) return true
+    return this.#reconfirm.has(rec.cid) && rec.phase === 'released' && rec.takenOverBy == null && ownerWatched(rec) && rec.standby != null && rec.standby.backup === rec.backup
+  }
+
+  /** The backup took over coordinating the file while this node was gone: record it {sync} and never touch the file again. */
+  async #deferToBackup (cid: string, backup: string): Promise<void> {
+    const deferred = await this.#withLock(cid, async () => {
+      const rec = await this.#store.getIngest(cid)
+      if (rec == null || rec.phase !== 'released' || rec.takenOverBy != null || rec.backup !== backup) return false
+      await this.#store.commit([this.#store.putIngest(coordinationTakenOver(rec, backup, new Date().toISOString()))])
+      return true
+    })
+    if (!deferred) return
+    this.#watched.delete(cid)
+    this.#absence.forget(`${cid}/owner`)
+    this.#absence.forget(`${cid}/backup`)
+    this.counters.deferredToBackup++
+    this.#log.warn('the backup took over coordinating the file while this node was away: deferring to it', { cid, peer: backup })
+  }
+
+  /** The refusal for reports about a file whose backup coordinates it now: the owner follows the backup. */
+  #moved (rec: IngestRecord): ControlReply | undefined {
+    return rec.takenOverBy != null ? refuse('moved', `the file's backup ${rec.takenOverBy} coordinates it now`) : undefined
+  }
+
   /** A holder's receipt: record it durably, then release the spool copy once both are in. */
   async onReceipt (from: string, msg: ReceiptMessage): Promise<ControlReply> {
     return await this.#withLock(msg.cid, async () => {
       const rec = await this.#store.getIngest(msg.cid)
       if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+      const moved = this.#moved(rec)
+      if (moved != null) return moved
       const { rec: next, verdict } = receiptFrom(rec, from, msg.role, new Date().toISOString())
       if (verdict === 'not-holder') {
         this.counters.rejectedReports++
@@ -380,6 +463,8 @@ export class IngestService {
         await this.#store.commit([this.#store.putIngest(next)])
         this.#log.info('receipt recorded', { cid: msg.cid, peer: from, role: msg.role })
         this.#retrier.cancel(assignKey(msg.cid, msg.role, from))
+        // A backup replacing one lost after release stands by as coordinator once its copy is durable.
+        if (this.#coordinateDue(next)) this.#sendCoordinate(next.cid)
       }
       if (canRelease(next)) queueMicrotask(() => { this.#release(next.cid) })
       return ok()
@@ -390,6 +475,8 @@ export class IngestService {
   async onDecline (from: string, msg: DeclineMessage): Promise<ControlReply> {
     const rec = await this.#store.getIngest(msg.cid)
     if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+    const moved = this.#moved(rec)
+    if (moved != null) return moved
     if ((msg.role === 'owner' ? rec.owner : rec.backup) !== from) return refuse('not-holder', `the file's ${msg.role} is another node now`)
     this.#log.warn('holder declined the file: choosing the next candidate', { cid: msg.cid, peer: from, role: msg.role, reason: msg.reason })
     await this.#reassign(msg.cid, msg.role, from, `declined: ${msg.reason}`)
@@ -400,6 +487,8 @@ export class IngestService {
   async onLease (from: string, msg: LeaseMessage): Promise<ControlReply> {
     const rec = await this.#store.getIngest(msg.cid)
     if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+    const moved = this.#moved(rec)
+    if (moved != null) return moved
     if ((msg.role === 'owner' ? rec.owner : rec.backup) !== from) return refuse('not-holder', `the file's ${msg.role} is another node now`)
     if (msg.role === 'owner' && msg.epoch !== rec.epoch) return refuse('stale-epoch', `epoch ${msg.epoch} is over; the file's epoch is ${rec.epoch}`)
     return ok()
@@ -414,6 +503,8 @@ export class IngestService {
     return await this.#withLock(msg.cid, async () => {
       const rec = await this.#store.getIngest(msg.cid)
       if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+      const moved = this.#moved(rec)
+      if (moved != null) return moved
       if (from !== rec.owner && rec.pastOwners?.includes(from) !== true) return refuse('not-owner', 'you are not this file\'s owner')
       if (!archiveHolds(rec, (peer) => this.#members.view.isLive(peer))) {
         return refuse('not-archived', rec.backupStoredAt == null ? `no receipt from the backup ${rec.backup ?? ''} yet` : `the backup ${rec.backup ?? ''} is not live`)
@@ -462,6 +553,8 @@ export class IngestService {
     return await this.#withLock(msg.cid, async () => {
       const rec = await this.#store.getIngest(msg.cid)
       if (rec == null || rec.phase === 'received') return refuse('unknown-file', 'no placed file with that CID here')
+      const moved = this.#moved(rec)
+      if (moved != null) return moved
       const { rec: next, verdict } = progressFrom(rec, from, msg.epoch, msg.state, msg.attempt, new Date().toISOString(), msg.error)
       if (verdict === 'not-owner') {
         this.counters.rejectedReports++
@@ -494,6 +587,8 @@ export class IngestService {
         ])
         this.counters.released++
         this.#log.info('ingest copy deleted after both receipts', { cid, file: rec.name })
+        // Not processed yet: the backup stands by as coordinator from now on (node/core/takeover.ts).
+        if (this.#coordinateDue(next)) this.#sendCoordinate(cid)
       })
     })
   }
@@ -511,6 +606,9 @@ export class IngestService {
     }
     for await (const rec of this.#store.ingestRecords()) {
       this.counters.extraArchiveCopies += rec.pastBackups?.length ?? 0
+      if (rec.takenOverBy != null) this.counters.deferredToBackup++
+      // Back after a stop: ask the backup again whether it took over meanwhile, before any owner change here.
+      if (rec.phase === 'released' && rec.standby != null && rec.takenOverBy == null && ownerWatched(rec)) this.#reconfirm.add(rec.cid)
       if (rec.phase === 'received') await this.#tryPlace(rec.cid)
       else this.#drive(rec)
       if (inPlay(rec)) this.#watched.add(rec.cid)

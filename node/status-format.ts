@@ -23,7 +23,8 @@ export function formatStatus (s: NodeStatus): string {
     const rows: Array<[string, number]> = [
       ['received (waiting for placement)', f.received], ['placed (transfer under way)', f.placed], ['stored on owner', f.storedOnOwner],
       ['stored on backup', f.storedOnBackup], ['processing', f.processing], ['processed', f.processed], ['failed', f.failed],
-      ['deleted from ingest', f.deletedFromIngest], ['late completions (duplicates)', f.staleCompletions]
+      ['deleted from ingest', f.deletedFromIngest], ['late completions (duplicates)', f.staleCompletions],
+      ['coordinated by the backup now', f.takenOverByBackup ?? 0]
     ]
     for (const [label, n] of rows) out += `  ${label.padEnd(32)} ${n}\n`
   }
@@ -31,6 +32,10 @@ export function formatStatus (s: NodeStatus): string {
     out += '\nfiles held here\n'
     if (s.roles.includes('process')) out += holderLine('owner', s.owner)
     if (s.roles.includes('backup')) out += holderLine('backup', s.backup)
+    const t = s.standby
+    if (s.roles.includes('backup') && t != null && t.standingBy + t.coordinating > 0) {
+      out += `  coordination: standing by for ${t.standingBy}, taken over ${t.coordinating} (processed ${t.processedAfterTakeover}, late completions ${t.staleCompletions})\n`
+    }
   }
   if (s.failed.length > 0) {
     out += '\nfailed files\n'

@@ -19,6 +19,8 @@ export interface FileCounts {
   failed: number
   deletedFromIngest: number
   staleCompletions: number
+  /** Released files whose backup took over coordinating them while this node was gone (this node defers). */
+  takenOverByBackup: number
   bytes: number
 }
 
@@ -29,6 +31,18 @@ export interface HolderCounts {
   processed: number
   failed: number
   bytes: number
+}
+
+/** Backup only: released, unprocessed files whose coordination state this backup keeps (node/core/takeover.ts). */
+export interface StandbyCounts {
+  /** Standing by: the ingest node coordinates them, this backup takes over if it is gone past the takeover grace. */
+  standingBy: number
+  /** Taken over: this backup coordinates them (processed or not). */
+  coordinating: number
+  /** Of those, processed (under this backup's epochs). */
+  processedAfterTakeover: number
+  /** Completions from an old epoch reported to this backup: duplicates, never the result. */
+  staleCompletions: number
 }
 
 export interface StatusMember {
@@ -63,6 +77,7 @@ export interface NodeStatus {
   /** Files this node holds as processing owner / as backup. */
   owner: HolderCounts
   backup: HolderCounts
+  standby: StandbyCounts
   failed: FailedFile[]
   /** Block bytes this node served to and fetched from each peer since it started. */
   transfer: {
@@ -75,7 +90,7 @@ export interface NodeStatus {
 }
 
 export function emptyFileCounts (): FileCounts {
-  return { total: 0, received: 0, placed: 0, storedOnOwner: 0, storedOnBackup: 0, processing: 0, processed: 0, failed: 0, deletedFromIngest: 0, staleCompletions: 0, bytes: 0 }
+  return { total: 0, received: 0, placed: 0, storedOnOwner: 0, storedOnBackup: 0, processing: 0, processed: 0, failed: 0, deletedFromIngest: 0, staleCompletions: 0, takenOverByBackup: 0, bytes: 0 }
 }
 
 export function emptyHolderCounts (): HolderCounts {
@@ -94,6 +109,7 @@ export function countIngest (counts: FileCounts, rec: IngestRecord): void {
   if (rec.processing === 'failed') counts.failed++
   if (rec.phase === 'released') counts.deletedFromIngest++
   counts.staleCompletions += rec.staleCompletions ?? 0
+  if (rec.takenOverBy != null) counts.takenOverByBackup++
 }
 
 export function countHolder (counts: HolderCounts, rec: HolderRecord): void {
@@ -101,10 +117,20 @@ export function countHolder (counts: HolderCounts, rec: HolderRecord): void {
   counts.bytes += rec.size
 }
 
-export async function collectFileStatus (store: Store, failedMax = 50): Promise<{ files: FileCounts, owner: HolderCounts, backup: HolderCounts, failed: FailedFile[] }> {
+export function countStandby (counts: StandbyCounts, rec: HolderRecord): void {
+  const s = rec.standby
+  if (rec.role !== 'backup' || s == null) return
+  if (s.takenOverAt != null) counts.coordinating++
+  else if (s.processing === 'pending' || s.processing === 'processing') counts.standingBy++
+  if (s.takenOverAt != null && s.processing === 'processed') counts.processedAfterTakeover++
+  counts.staleCompletions += s.staleCompletions ?? 0
+}
+
+export async function collectFileStatus (store: Store, failedMax = 50): Promise<{ files: FileCounts, owner: HolderCounts, backup: HolderCounts, standby: StandbyCounts, failed: FailedFile[] }> {
   const files = emptyFileCounts()
   const owner = emptyHolderCounts()
   const backup = emptyHolderCounts()
+  const standby: StandbyCounts = { standingBy: 0, coordinating: 0, processedAfterTakeover: 0, staleCompletions: 0 }
   const failed: FailedFile[] = []
   for await (const rec of store.ingestRecords()) {
     countIngest(files, rec)
@@ -112,9 +138,10 @@ export async function collectFileStatus (store: Store, failedMax = 50): Promise<
   }
   for await (const rec of store.holderRecords()) {
     countHolder(rec.role === 'owner' ? owner : backup, rec)
+    countStandby(standby, rec)
     if (rec.role === 'owner' && rec.state === 'failed' && failed.length < failedMax) failed.push({ cid: rec.cid, name: rec.name, role: 'owner', ...(rec.lastError != null ? { error: rec.lastError } : {}) })
   }
-  return { files, owner, backup, failed }
+  return { files, owner, backup, standby, failed }
 }
 
 export function memberStatus (m: Member, nowMs: number): StatusMember {

@@ -5,7 +5,8 @@
  *   1. meta        'version' -> STORE_VERSION (checked at open: a database from another layout is refused)
  *   2. claims      claimId -> Claim             intent log of a claim in progress (inbox -> spool -> hashed)
  *   3. ingest      rootCid -> IngestRecord      the coordinator's record of every file this node accepted
- *   4. holder      rootCid '/' role -> HolderRecord   files this node holds as owner or backup
+ *   4. holder      rootCid '/' role -> HolderRecord   files this node holds as owner or backup (a backup's record
+ *                  also carries its standby coordination state of the file: node/core/takeover.ts)
  *   5. leaves      leafCid '/' rootCid '/' copy -> LeafLocation   where a raw leaf's bytes are (file, offset, length)
  *   6. nodes       dagPbCid '/' rootCid '/' copy -> bytes        dag-pb (UnixFS) interior nodes, a few KiB per file
  *   7. tombstones  rootCid -> Tombstone          files released by this ingest node: the same bytes again are a duplicate

@@ -16,6 +16,8 @@ export const BLOCK_BYTES_MAX = BLOCK_BYTES
 export const BLOCK_FRAME_BYTES_MAX = BLOCK_BYTES_MAX + 256
 /** Largest control-protocol message (assign, receipt, progress). */
 export const CONTROL_MESSAGE_BYTES_MAX = 64 * KiB
+/** Past owners and excluded peers carried by one `coordinate` message (each list). */
+export const COORDINATE_PEERS_MAX = 64
 /** Largest gossipsub message we publish or accept (heartbeats, announcements). */
 export const GOSSIP_MESSAGE_BYTES_MAX = 16 * KiB
 /** Largest file we accept: 1 TiB. */

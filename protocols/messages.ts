@@ -5,7 +5,7 @@
  * checked, and refuses anything over its size limit before parsing. Pure: no I/O.
  * Broadcast channels have their own gossip topic and decoder (decodeChannelMessage, at the end).
  */
-import { CHANNEL_HAVE_BITMAP_BLOCKS_MAX, CHANNEL_NAME_BYTES_MAX, CONTROL_MESSAGE_BYTES_MAX, FILE_BYTES_MAX, FILE_LEAVES_MAX, GOSSIP_MESSAGE_BYTES_MAX, HEARTBEAT_ADDRS_MAX } from './limits.ts'
+import { CHANNEL_HAVE_BITMAP_BLOCKS_MAX, CHANNEL_NAME_BYTES_MAX, CONTROL_MESSAGE_BYTES_MAX, COORDINATE_PEERS_MAX, FILE_BYTES_MAX, FILE_LEAVES_MAX, GOSSIP_MESSAGE_BYTES_MAX, HEARTBEAT_ADDRS_MAX } from './limits.ts'
 import { isRole } from './roles.ts'
 import type { Role } from './roles.ts'
 
@@ -55,6 +55,11 @@ export interface AssignMessage {
    * its share from the coordinator and the rest from the other holders as they get it.
    */
   sources: string[]
+  /**
+   * Owner assignments: the file's backup. The owner copies its reports to it, and accepts a reassignment or a
+   * coordinator change from it once it has taken over coordinating the file (node/core/takeover.ts).
+   */
+  backup?: string
 }
 
 /** Holder -> coordinator: the file is durable here (verified, fsynced, renamed, recorded with sync). */
@@ -149,7 +154,24 @@ export interface HandoffMessage {
   to: string
 }
 
-export type ControlRequest = AssignMessage | ReceiptMessage | ProgressMessage | LeaseMessage | DeclineMessage | HasMessage | ReplicateMessage | ArchivedMessage | HandoffMessage
+/**
+ * Ingest -> backup, after release: the file's coordination state, which the backup records durably so it can
+ * take over coordinating the file if the ingest node is gone (node/core/takeover.ts). Answered ok once
+ * recorded; refused 'taken-over' once the backup coordinates the file itself (the ingest then defers to it).
+ */
+export interface CoordinateMessage {
+  type: 'coordinate'
+  v: 1
+  cid: string
+  epoch: number
+  owner: string
+  /** Owner of each earlier epoch, index = epoch - 1 ('-' when unknown). */
+  pastOwners: string[]
+  /** Processors that refused the file or were replaced for it: never chosen for it again. */
+  excluded: string[]
+}
+
+export type ControlRequest = AssignMessage | ReceiptMessage | ProgressMessage | LeaseMessage | DeclineMessage | HasMessage | ReplicateMessage | ArchivedMessage | HandoffMessage | CoordinateMessage
 export type GossipMessage = HeartbeatMessage | AnnounceMessage
 
 export interface ControlReply {
@@ -202,10 +224,10 @@ function int (obj: Record<string, unknown>, key: string, min: number, max: numbe
   return v
 }
 
-function strList (obj: Record<string, unknown>, key: string, maxItems: number): string[] {
+function strList (obj: Record<string, unknown>, key: string, maxItems: number, itemMaxBytes = TEXT_MAX_BYTES): string[] {
   const v = obj[key]
   if (!Array.isArray(v) || v.length > maxItems) throw new MessageError(`${key}: expected a list of at most ${maxItems} strings`)
-  return v.map((item) => str({ item }, 'item', TEXT_MAX_BYTES))
+  return v.map((item) => str({ item }, 'item', itemMaxBytes))
 }
 
 function holderRole (obj: Record<string, unknown>): HolderRole {
@@ -239,8 +261,13 @@ export function decodeControlRequest (bytes: Uint8Array): ControlRequest {
   if (obj.type === 'has') return { type: 'has', v: 1, cid }
   const epoch = int(obj, 'epoch', 1, Number.MAX_SAFE_INTEGER)
   switch (obj.type) {
-    case 'assign':
-      return { type: 'assign', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), role: holderRole(obj), sources: strList(obj, 'sources', 16) }
+    case 'assign': {
+      const msg: AssignMessage = { type: 'assign', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), role: holderRole(obj), sources: strList(obj, 'sources', 16) }
+      if (obj.backup !== undefined) msg.backup = str(obj, 'backup', 128)
+      return msg
+    }
+    case 'coordinate':
+      return { type: 'coordinate', v: 1, cid, epoch, owner: str(obj, 'owner', 128), pastOwners: strList(obj, 'pastOwners', COORDINATE_PEERS_MAX, 128), excluded: strList(obj, 'excluded', COORDINATE_PEERS_MAX, 128) }
     case 'receipt':
       return { type: 'receipt', v: 1, cid, epoch, role: holderRole(obj) }
     case 'lease':

@@ -96,11 +96,11 @@ const HOSTILE_VALUES: unknown[] = [
   null, true, false, 0, -0, -1, 1, 1.5, 2 ** 53, 2 ** 53 + 2, -(2 ** 53), 1e308, -1e308, Number.MAX_SAFE_INTEGER,
   '', ' ', 'x', '\u0000', '../../etc/passwd', '/abs', 'a'.repeat(1025), 'é'.repeat(600), '\ud800', '\u202e', '{}',
   [], [1], [''], ['a', 'b'], Array.from({ length: 17 }, () => 'p'), {}, { a: 1 }, { __proto__: { polluted: true } },
-  'heartbeat', 'announce', 'assign', 'receipt', 'progress', 'reply', 'lease', 'decline', 'has', 'replicate', 'archived', 'handoff', 'owner', 'backup',
+  'heartbeat', 'announce', 'assign', 'receipt', 'progress', 'reply', 'lease', 'decline', 'has', 'replicate', 'archived', 'handoff', 'coordinate', 'owner', 'backup',
   'processing', 'processed', 'failed', 'ingest', 'process', 'channel-announce', 'channel-have', 'deploy', '.hidden', 'a:b', 'AAA=', 'AA', '@@@@'
 ]
 
-const FIELDS = ['type', 'v', 'cid', 'name', 'size', 'role', 'epoch', 'sources', 'owner', 'backup', 'state', 'attempt', 'error',
+const FIELDS = ['type', 'v', 'cid', 'name', 'size', 'role', 'epoch', 'sources', 'owner', 'backup', 'state', 'attempt', 'error', 'pastOwners', 'excluded', 'to',
   'roles', 'weight', 'draining', 'addrs', 'seq', 'ok', 'code', 'reason', 'channel', 'version', 'publisher', 'sig', 'complete', 'blocks', 'have',
   '__proto__', 'constructor']
 
@@ -186,7 +186,9 @@ const CONTROL_CORPUS: Array<Record<string, unknown>> = [
   { type: 'has', v: 1, cid: dagCid },
   { type: 'replicate', v: 1, cid: dagCid, name: 'report.csv', size: 3003, epoch: 1, sources: [PEER] },
   { type: 'archived', v: 1, cid: dagCid, epoch: 2 },
-  { type: 'handoff', v: 1, cid: dagCid, epoch: 1, to: PEER }
+  { type: 'handoff', v: 1, cid: dagCid, epoch: 1, to: PEER },
+  { type: 'assign', v: 1, cid: dagCid, name: 'report.csv', size: 3003, role: 'owner', epoch: 2, sources: [PEER], backup: PEER },
+  { type: 'coordinate', v: 1, cid: dagCid, epoch: 3, owner: PEER, pastOwners: [PEER, '-'], excluded: [PEER] }
 ]
 const CHANNEL_CORPUS: Array<Record<string, unknown>> = [
   { type: 'channel-announce', v: 1, channel: 'deploy', version: 3, cid: dagCid, size: 3003, name: 'release.tar', publisher: PEER, sig: Buffer.alloc(64, 7).toString('base64') },

@@ -16,7 +16,10 @@ describe('wire messages', () => {
     const control: ControlRequest[] = [
       { type: 'assign', v: 1, cid: 'bafyx', name: 'n', size: 0, role: 'owner', epoch: 1, sources: ['p'] },
       { type: 'receipt', v: 1, cid: 'bafyx', role: 'backup', epoch: 2 },
-      { type: 'progress', v: 1, cid: 'bafyx', epoch: 1, state: 'failed', attempt: 3, error: 'exit 1' }
+      { type: 'progress', v: 1, cid: 'bafyx', epoch: 1, state: 'failed', attempt: 3, error: 'exit 1' },
+      { type: 'assign', v: 1, cid: 'bafyx', name: 'n', size: 1, role: 'owner', epoch: 2, sources: ['b'], backup: 'b' },
+      { type: 'coordinate', v: 1, cid: 'bafyx', epoch: 2, owner: 'o2', pastOwners: ['o1'], excluded: ['o1', 'x'] },
+      { type: 'coordinate', v: 1, cid: 'bafyx', epoch: 1, owner: 'o1', pastOwners: [], excluded: [] }
     ]
     for (const m of control) expect(decodeControlRequest(encodeMessage(m, CONTROL_MESSAGE_BYTES_MAX))).toEqual(m)
     expect(decodeControlReply(enc({ type: 'reply', v: 1, ok: false, code: 'x' }))).toEqual({ type: 'reply', v: 1, ok: false, code: 'x' })
@@ -30,7 +33,15 @@ describe('wire messages', () => {
       { v: 1, type: 'assign', cid: 'x', epoch: 1, name: 'n', size: 2 ** 60, role: 'owner', sources: [] },
       { v: 1, type: 'assign', cid: 'x', epoch: 1, name: 'n', size: 1, role: 'owner', sources: [1] },
       { v: 1, type: 'assign', cid: 'x'.repeat(500), epoch: 1, name: 'n', size: 1, role: 'owner', sources: [] },
-      { v: 1, type: 'progress', cid: 'x', epoch: 1, state: 'done', attempt: 1 }
+      { v: 1, type: 'progress', cid: 'x', epoch: 1, state: 'done', attempt: 1 },
+      { v: 1, type: 'assign', cid: 'x', epoch: 2, name: 'n', size: 1, role: 'owner', sources: [], backup: '' },
+      { v: 1, type: 'assign', cid: 'x', epoch: 2, name: 'n', size: 1, role: 'owner', sources: [], backup: 'b'.repeat(129) },
+      { v: 1, type: 'coordinate', cid: 'x', epoch: 1, pastOwners: [], excluded: [] },
+      { v: 1, type: 'coordinate', cid: 'x', epoch: 1, owner: 'o', excluded: [] },
+      { v: 1, type: 'coordinate', cid: 'x', epoch: 1, owner: 'o', pastOwners: [''], excluded: [] },
+      { v: 1, type: 'coordinate', cid: 'x', epoch: 1, owner: 'o', pastOwners: [], excluded: Array(65).fill('p') },
+      { v: 1, type: 'coordinate', cid: 'x', epoch: 1, owner: 'o', pastOwners: ['p'.repeat(129)], excluded: [] },
+      { v: 1, type: 'coordinate', cid: 'x', epoch: 0, owner: 'o', pastOwners: [], excluded: [] }
     ]
     for (const b of bad) expect(() => decodeControlRequest(enc(b))).toThrow(MessageError)
     expect(() => decodeControlRequest(new Uint8Array([0xff, 0xfe]))).toThrow(MessageError)

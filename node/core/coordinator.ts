@@ -13,10 +13,11 @@ export const DEFAULT_REASSIGN_GRACE_MS = 15_000
 
 /**
  * The coordinator keeps watching a file until it is processed (or failed for good), its ingest copy is
- * released, and, once processed, the owner was told the archive holds it (so the owner's copy may go).
+ * released, and, once processed, the owner was told the archive holds it (so the owner's copy may go); or
+ * until it learns that the file's backup took over coordinating it (node/core/takeover.ts).
  */
 export function inPlay (rec: IngestRecord): boolean {
-  if (rec.phase === 'received') return false
+  if (rec.phase === 'received' || rec.takenOverBy != null) return false
   return rec.phase !== 'released' || ownerWatched(rec) || backupWatched(rec)
 }
 

@@ -53,6 +53,14 @@ export interface IngestRecord {
   pastBackups?: string[]
   /** The owner was told the archive holds the file durably (it may then delete its working copy). */
   archiveConfirmedAt?: string
+  /**
+   * After release: the backup that recorded this file's coordination state (`coordinate`) and the epoch it
+   * recorded. A released file's owner is assigned only once its backup recorded the epoch (node/core/takeover.ts).
+   */
+  standby?: { backup: string, epoch: number }
+  /** The backup took over coordinating the file while this node was gone: this node defers to it for good. */
+  takenOverBy?: string
+  takenOverSeenAt?: string
 }
 
 export type HolderState = 'fetching' | 'stored' | 'processing' | 'processed' | 'failed'
@@ -89,6 +97,36 @@ export interface HolderRecord {
   handoffTo?: string
   /** `handoffTo` confirmed it holds the file durably: this node's copy is no longer the only one. */
   handoffAckedAt?: string
+  /**
+   * Owner only: the file's backup, named by the assignment. The owner copies its reports to it (it stands in
+   * as coordinator once the file is released) and accepts a reassignment or a coordinator change from it.
+   */
+  backup?: string
+  /** Backup only: the coordination state this backup keeps for the file after release (node/core/takeover.ts). */
+  standby?: StandbyRecord
+}
+
+/**
+ * A backup's copy of the coordination state of a released, unprocessed file: what it needs to take over as
+ * coordinator if the ingest node is gone (node/core/takeover.ts), and, once it has, its coordinator record.
+ */
+export interface StandbyRecord {
+  /** The ingest node coordinating the file until this backup takes over. */
+  ingest: string
+  epoch: number
+  owner: string
+  /** Owners of earlier epochs, index = epoch - 1 ('' when unknown): only they can report a late completion. */
+  pastOwners: string[]
+  /** Processors never chosen again for the file (they refused it or were replaced). */
+  excluded: string[]
+  processing: ProcessingOutcome
+  processingAttempt?: number
+  processingError?: string
+  processedAt?: string
+  staleCompletions?: number
+  /** Set once this backup coordinates the file (the ingest was gone past the takeover grace); never unset. */
+  takenOverAt?: string
+  ownerReassignments?: number
 }
 
 export class WrongStateError extends Error {
@@ -176,6 +214,27 @@ export type ProgressVerdict = 'recorded' | 'duplicate' | 'stale-epoch' | 'not-ow
 /** Processing outcome reported by the owner. A report for an older epoch is counted, never taken as the result. */
 export function progressFrom (rec: IngestRecord, peer: string, epoch: number, state: ProgressState, attempt: number, now: string, error?: string): { rec: IngestRecord, verdict: ProgressVerdict } {
   if (rec.phase === 'received') throw new WrongStateError(`progress ${rec.cid}`, ['placed', 'released'], rec.phase)
+  return processingReport(rec, peer, epoch, state, attempt, now, error)
+}
+
+/** The fields the fencing of processing reports reads and writes: on the ingest's record and on a backup's standby record. */
+export interface ProcessingFields {
+  epoch: number
+  owner?: string
+  pastOwners?: string[]
+  processing: ProcessingOutcome
+  processingAttempt?: number
+  processingError?: string
+  processedAt?: string
+  staleCompletions?: number
+}
+
+/**
+ * The owner's report judged by whichever node coordinates the file (the ingest, or the backup after a
+ * takeover): only the owner of the current epoch sets the outcome; a completion from the owner of an older
+ * epoch is counted as a duplicate, never the result.
+ */
+export function processingReport<R extends ProcessingFields> (rec: R, peer: string, epoch: number, state: ProgressState, attempt: number, now: string, error?: string): { rec: R, verdict: ProgressVerdict } {
   if (epoch !== rec.epoch) {
     // Only the owner of that earlier epoch can have completed a duplicate run; anyone else is not the owner.
     if (epoch > rec.epoch || rec.pastOwners?.[epoch - 1] !== peer) return { rec, verdict: 'not-owner' }
@@ -185,19 +244,46 @@ export function progressFrom (rec: IngestRecord, peer: string, epoch: number, st
   if (peer !== rec.owner) return { rec, verdict: 'not-owner' }
   if (rec.processing === 'processed') return { rec, verdict: state === 'processed' ? 'duplicate' : 'ignored' }
   if (rec.processing === state && rec.processingAttempt === attempt) return { rec, verdict: 'duplicate' }
-  const next: IngestRecord = { ...rec, processing: state, processingAttempt: attempt }
+  const next: R = { ...rec, processing: state, processingAttempt: attempt }
   if (state === 'processed') next.processedAt = now
   if (error != null) next.processingError = error
   else delete next.processingError
   return { rec: next, verdict: 'recorded' }
 }
 
+/**
+ * placed | released -> same phase: the file's backup took over coordinating it while this node was gone
+ * (it refused our `coordinate` with 'taken-over'). This node defers for good: it never reassigns the file again.
+ */
+export function coordinationTakenOver (rec: IngestRecord, backup: string, now: string): IngestRecord {
+  expectPhase(rec, 'defer to the backup', 'released')
+  return rec.takenOverBy != null ? rec : { ...rec, takenOverBy: backup, takenOverSeenAt: now }
+}
+
+/** The backup recorded the released file's coordination state at `epoch` (its `coordinate` reply was ok). */
+export function standbyRecorded (rec: IngestRecord, backup: string, epoch: number): IngestRecord {
+  expectPhase(rec, 'record the standby', 'released')
+  return { ...rec, standby: { backup, epoch } }
+}
+
 // ---- holder (owner / backup) record ---------------------------------------------------------------------
 
 /** (none) -> fetching: a coordinator assigned us the file. */
-export function assigned (init: { cid: string, name: string, size: number, role: HolderRole, epoch: number, coordinator: string, sources: string[], now: string }): HolderRecord {
-  const { now, ...fields } = init
-  return { ...fields, state: 'fetching', assignedAt: now, receiptAcked: false, attempt: 0, outcomeAcked: false }
+export function assigned (init: { cid: string, name: string, size: number, role: HolderRole, epoch: number, coordinator: string, sources: string[], now: string, backup?: string }): HolderRecord {
+  const { now, backup, ...fields } = init
+  const rec: HolderRecord = { ...fields, state: 'fetching', assignedAt: now, receiptAcked: false, attempt: 0, outcomeAcked: false }
+  if (backup != null && init.role === 'owner') rec.backup = backup
+  return rec
+}
+
+/**
+ * Owner, any state: the file's backup now coordinates it (it took over from the ingest node), at `epoch` (ours
+ * or newer). Receipt and outcome are reported again, to it; a newer epoch is adopted like a reassignment.
+ */
+export function coordinatorMoved (rec: HolderRecord, to: string, epoch: number): HolderRecord {
+  if (rec.role !== 'owner' || rec.backup !== to) throw new WrongStateError(`move coordinator ${rec.cid}/${rec.role}`, ['owner whose backup is the new coordinator'], `${rec.role} with backup ${rec.backup ?? 'none'}`)
+  const reported = rec.state === 'processed' || rec.state === 'failed'
+  return { ...rec, coordinator: to, epoch: Math.max(rec.epoch, epoch), receiptAcked: rec.state === 'fetching' ? rec.receiptAcked : false, outcomeAcked: reported ? false : rec.outcomeAcked }
 }
 
 /** fetching -> stored: every block verified and fsynced, the file renamed into place, the directory fsynced. */
