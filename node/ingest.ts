@@ -29,7 +29,7 @@ import { GOSSIP_MESSAGE_BYTES_MAX } from '../protocols/limits.ts'
 import { encodeMessage } from '../protocols/messages.ts'
 import type { AnnounceMessage, ArchivedMessage, ControlReply, DeclineMessage, HandoffMessage, HolderRole, LeaseMessage, ProgressMessage, ReceiptMessage } from '../protocols/messages.ts'
 import { coordinateMessage, standbyDue } from './core/takeover.ts'
-import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, archiveHolds, backupWatched, inPlay, ownerWatched, replaceDrainingBackup, successor } from './core/coordinator.ts'
+import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, FINAL_REFUSALS, archiveHolds, backupWatched, inPlay, ownerWatched, replaceDrainingBackup, successor } from './core/coordinator.ts'
 import { archiveConfirmed, backupReassigned, backupReplaced, canRelease, coordinationTakenOver, ownerReassigned, placed, progressFrom, receiptFrom, received, released, standbyRecorded } from './core/lifecycle.ts'
 import type { IngestRecord, Readiness } from './core/lifecycle.ts'
 import { place } from './core/placement.ts'
@@ -55,8 +55,6 @@ export interface IngestServiceInit {
 }
 
 export const DEFAULT_HOLDER_CHECK_INTERVAL_MS = 1_000
-/** Assignment refusals that mean "not this node": the file goes to the next candidate. */
-const FINAL_REFUSALS = new Set(['wrong-role', 'disk-full', 'draining'])
 
 export interface ReadyFile {
   path: string

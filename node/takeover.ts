@@ -12,7 +12,7 @@
  * a standby file is watched again (the absence clocks start over: a restart only delays a takeover).
  */
 import type { ControlReply, CoordinateMessage, DeclineMessage, LeaseMessage, ProgressMessage, ReceiptMessage, ArchivedMessage } from '../protocols/messages.ts'
-import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, successor } from './core/coordinator.ts'
+import { AbsenceTracker, DEFAULT_REASSIGN_GRACE_MS, FINAL_REFUSALS, successor } from './core/coordinator.ts'
 import type { HolderRecord, StandbyRecord } from './core/lifecycle.ts'
 import { processingReport } from './core/lifecycle.ts'
 import { TAKEOVER_GRACE_FACTOR, shouldTakeOver, standbyOffered, standbyOwnerReassigned, standbyWatched, takeoverExcluded, takenOver } from './core/takeover.ts'
@@ -45,8 +45,6 @@ export interface BackupCoordinatorInit {
 }
 
 export const DEFAULT_TAKEOVER_CHECK_INTERVAL_MS = 1_000
-/** Assignment refusals that mean "not this processor": the file goes to the next candidate. */
-const FINAL_REFUSALS = new Set(['wrong-role', 'disk-full', 'draining'])
 
 export interface BackupCoordinatorCounters {
   /** Files this backup coordinates after taking over from their absent ingest node (over all records). */

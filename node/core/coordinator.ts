@@ -11,6 +11,9 @@ import type { Candidate } from './placement.ts'
 
 export const DEFAULT_REASSIGN_GRACE_MS = 15_000
 
+/** Assignment refusals that mean "not this member": the file goes to the next candidate, never back to it. */
+export const FINAL_REFUSALS: ReadonlySet<string> = new Set(['wrong-role', 'disk-full', 'draining'])
+
 /**
  * The coordinator keeps watching a file until it is processed (or failed for good), its ingest copy is
  * released, and, once processed, the owner was told the archive holds it (so the owner's copy may go); or
