@@ -70,6 +70,7 @@ function program (): Command {
     .option('--quiet-ms <ms>', 'an in-place file unchanged this long, and open by no writer, counts as complete', positiveInt('--quiet-ms'), 30_000)
     .option('--heartbeat-ms <ms>', 'membership heartbeat interval', positiveInt('--heartbeat-ms'), 1_000)
     .option('--stop-timeout-ms <ms>', 'on SIGTERM/SIGINT, how long running fetches and processing may take to finish (interrupted work resumes after a restart)', positiveInt('--stop-timeout-ms'), 30_000)
+    .option('--undrain', 'put back in service a node whose drain (`filemesh drain`) was recorded before this start: a drained node otherwise stays out of service across restarts')
     .option('--reassign-grace-ms <ms>', 'an owner or backup gone this long is replaced by the next in rendezvous order (ingest role; backup role after a takeover)', positiveInt('--reassign-grace-ms'), 15_000)
     .option('--takeover-grace-ms <ms>', 'a file\'s ingest node gone this long: its backup takes over coordinating the file if it is released and not processed (backup role; default 2 x --reassign-grace-ms)', positiveInt('--takeover-grace-ms'))
     .option('--min-free-bytes <n>', 'refuse new files when free space in the work or archive directory would fall below this', positiveInt('--min-free-bytes'), 1024 * 1024 * 1024)
@@ -315,6 +316,7 @@ async function runDaemon (opts: Record<string, any>): Promise<void> {
     heartbeatIntervalMs: opts.heartbeatMs,
     reassignGraceMs: opts.reassignGraceMs,
     takeoverGraceMs: opts.takeoverGraceMs,
+    undrain: opts.undrain === true,
     minFreeBytes: opts.minFreeBytes,
     follow: opts.follow,
     followAll: opts.followAll === true,

@@ -74,6 +74,8 @@ export interface DaemonConfig {
   reassignGraceMs?: number
   /** The ingest node absent this long: a backup takes over coordinating its released, unprocessed files (default 2 x reassignGraceMs). */
   takeoverGraceMs?: number
+  /** Clear a drain recorded before this start (the node takes new work again). */
+  undrain?: boolean
   /** Holders refuse new files when free space would fall below this (bytes). */
   minFreeBytes?: number
   /** Re-hash every stored copy this often (0 = only on `filemesh scrub`). */
@@ -239,7 +241,15 @@ export class Daemon {
     this.#standby?.start()
     await this.#ingest?.reconcile()
     this.#ingest?.start()
-    if (this.#ingest != null && this.inboxDir != null) {
+    const drainingSince = await store.getDraining()
+    if (drainingSince != null && cfg.undrain === true) {
+      await store.commit([store.delDraining()])
+      log.warn('--undrain: the drain recorded before this start is cleared; this node takes new work again', { drainingSince: new Date(drainingSince).toISOString() })
+    } else if (drainingSince != null) {
+      log.warn('this node was being drained when it stopped: it stays out of service (start it with --undrain to take work again)', { drainingSince: new Date(drainingSince).toISOString() })
+      await this.drain()
+    }
+    if (this.#ingest != null && this.inboxDir != null && !this.#draining) {
       await ensureDir(this.inboxDir)
       const ingest = this.#ingest
       this.#inbox = new InboxWatcher({
@@ -336,6 +346,9 @@ export class Daemon {
   /** Stops taking new work (heartbeat says draining, assignments refused, inbox no longer claimed). Idempotent. */
   async drain (): Promise<DrainReport> {
     if (!this.#draining) {
+      // Recorded first, so a node restarted before it is removed stays out of service (`run --undrain` clears it).
+      const store = this.#store as Store
+      if (await store.getDraining() == null) await store.commit([store.putDraining(Date.now())])
       this.#draining = true
       this.#log.warn('draining: no new work will be taken; run `filemesh drain` to see when this node is safe to remove')
       this.#members?.setDraining(true)

@@ -3,6 +3,7 @@
  * nothing else names a sublevel or builds a key.
  *
  *   1. meta        'version' -> STORE_VERSION (checked at open: a database from another layout is refused)
+ *                  'draining' -> { since }  present while `filemesh drain` holds this node out of service (survives restarts)
  *   2. claims      claimId -> Claim             intent log of a claim in progress (inbox -> spool -> hashed)
  *   3. ingest      rootCid -> IngestRecord      the coordinator's record of every file this node accepted
  *   4. holder      rootCid '/' role -> HolderRecord   files this node holds as owner or backup (a backup's record
@@ -119,7 +120,15 @@ export class Store {
     await this.db.batch(ops as any, { sync: true })
   }
 
+  /** When a drain of this node began (epoch ms), or undefined when it is in service. */
+  async getDraining (): Promise<number | undefined> {
+    const v = await this.#meta.get('draining') as { since?: unknown } | undefined
+    return typeof v?.since === 'number' ? v.since : undefined
+  }
+
   // ---- op builders ----
+  putDraining (since: number): StoreOp { return { type: 'put', sublevel: this.#meta, key: 'draining', value: { since } } }
+  delDraining (): StoreOp { return { type: 'del', sublevel: this.#meta, key: 'draining' } }
   putClaim (c: Claim): StoreOp { return { type: 'put', sublevel: this.#claims, key: c.id, value: c } }
   delClaim (id: string): StoreOp { return { type: 'del', sublevel: this.#claims, key: id } }
   putIngest (r: IngestRecord): StoreOp { return { type: 'put', sublevel: this.#ingest, key: r.cid, value: r } }

@@ -1,6 +1,7 @@
 /**
  * `filemesh drain` against real daemons: an idle processor becomes safe to remove at once and takes no new
- * files afterwards; a backup holding the only archive copies is never called safe (exit 75, with the reason).
+ * files afterwards, and stays out of service across a restart until `run --undrain`; a backup holding the only
+ * archive copies is never called safe (exit 75, with the reason).
  */
 import { execFile } from 'node:child_process'
 import fs from 'node:fs/promises'
@@ -42,6 +43,27 @@ describe('filemesh drain', () => {
     expect(await readProcessingLog(path.join(root, 'proc2.records'), 'proc2')).toEqual([])
     expect(await readProcessingLog(path.join(root, 'proc1.records'), 'proc1')).toHaveLength(8)
   }, 90_000)
+
+  it('a drained node stays drained across a SIGKILL and restart; `run --undrain` puts it back in service', async () => {
+    const drainState = async (): Promise<boolean> => {
+      const res = await fetch(`http://${mesh.get('proc2').info.api}/api/drain`)
+      return ((await res.json()) as { draining: boolean }).draining
+    }
+    const seenDraining = async (): Promise<boolean | undefined> => (await mesh.status('ingest')).members.find((m) => m.peerId === mesh.get('proc2').info.peerId)?.draining
+    expect(await drainState()).toBe(true) // drained by the test above
+    await mesh.stop('proc2', 'SIGKILL')
+    await mesh.restart('proc2')
+    expect(await drainState()).toBe(true)
+    expect(await fs.readFile(mesh.get('proc2').logPath, 'utf8')).toMatch(/stays out of service/)
+    await mesh.stop('proc2')
+    await mesh.start('proc2', { roles: ['process'], args: [...FAST, '--exec', recordingCommand(path.join(root, 'proc2.records')), '--undrain'] })
+    expect(await drainState()).toBe(false)
+    await waitFor('the ingest node to see proc2 in service again', async () => await seenDraining() === false, 10_000)
+    // And it stays in service after a further restart: --undrain cleared the record.
+    await mesh.stop('proc2', 'SIGKILL')
+    await mesh.restart('proc2')
+    expect(await drainState()).toBe(false)
+  }, 60_000)
 
   it('never calls a backup with the only archive copies safe to remove', async () => {
     const err = await run(process.execPath, [CLI_PATH, 'drain', '--data', mesh.dataDir('backup'), '--timeout-s', '2']).catch((e) => e)
