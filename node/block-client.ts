@@ -20,7 +20,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { verifyBlock } from '../protocols/cid-policy.ts'
 import { BLOCKS_PROTOCOL } from '../protocols/ids.ts'
 import { BLOCK_FRAME_BYTES_MAX, BLOCK_REQUEST_TIMEOUT_MS, BLOCK_REQUESTS_IN_FLIGHT_MAX } from '../protocols/limits.ts'
-import { decodeBlockResponse, encodeBlockRequest, FrameError } from '../protocols/blocks.ts'
+import { decodeBlockResponse, encodeBlockRequest, FrameError, messageOf } from '../protocols/blocks.ts'
 import type { BlockResponse } from '../protocols/blocks.ts'
 import { createLogger } from './log.ts'
 import type { Logger } from './log.ts'
@@ -358,7 +358,7 @@ export class BlockClient {
 }
 
 /** One block stream: requests go out in order, responses come back in the same order. */
-class BlockSession {
+export class BlockSession {
   readonly peer: string
   readonly #stream: Stream
   readonly #lp: LengthPrefixedStream<Stream>
@@ -427,8 +427,4 @@ class BlockSession {
 
 function isErrorNamed (err: unknown, name: string): boolean {
   return err instanceof Error && err.name === name
-}
-
-function messageOf (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
 }

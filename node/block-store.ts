@@ -72,16 +72,16 @@ export class LocalBlocks {
     }
   }
 
-  /**
-   * Waits (at most `ms`) for a leaf that a fetch on this node is about to write: true once it can be read,
-   * false at once if no fetch here expects it. Callers read it with getBlock either way (the fetch may have
-   * just been stored and indexed).
-   */
   /** True while a fetch on this node is about to write the leaf `cid` (or does not know its leaves yet). */
   expects (cid: CID): boolean {
     return cid.code === RAW_CODE && this.inflight.expects(cid.toString())
   }
 
+  /**
+   * Waits (at most `ms`) for a leaf that a fetch on this node is about to write: true once it can be read,
+   * false at once if no fetch here expects it. Callers read it with getBlock either way (the fetch may have
+   * just been stored and indexed).
+   */
   async waitFor (cid: CID, ms: number, options: { signal?: AbortSignal } = {}): Promise<boolean> {
     if (cid.code !== RAW_CODE) return false
     return await this.inflight.waitFor(cid, ms, options)

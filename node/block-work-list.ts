@@ -18,6 +18,8 @@
 import type { CID } from 'multiformats/cid'
 import { assertAcceptedCid } from '../protocols/cid-policy.ts'
 import { BLOCK_BYTES_MAX } from '../protocols/limits.ts'
+import { messageOf } from '../protocols/blocks.ts'
+import type { Leaf } from '../protocols/unixfs.ts'
 
 /** Some block failed from every source of a file fetch. `failures` maps each peer to why. */
 export class BlocksUnavailableError extends Error {
@@ -32,13 +34,8 @@ export class BlocksUnavailableError extends Error {
   }
 }
 
-export interface LeafRange {
-  cid: CID
-  /** Byte offset of the leaf in the file. */
-  offset: number
-  /** Leaf length in bytes (its CID fixes the content, so a mismatch is a bug in the caller's leaf table). */
-  length: number
-}
+/** A leaf and its byte range in the file (its CID fixes the content, so a length mismatch is a bug in the caller's leaf table). */
+export type LeafRange = Leaf
 
 export interface BlockWorkItem {
   cid: CID
@@ -403,8 +400,4 @@ export class BlockWorkList {
     this.#retryTimer = undefined
     this.#userSignal?.removeEventListener('abort', this.#onUserAbort)
   }
-}
-
-function messageOf (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
 }

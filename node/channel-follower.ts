@@ -28,6 +28,7 @@ import type { InflightBlocks } from './inflight-blocks.ts'
 import { KeyedThrottle } from './keyed-throttle.ts'
 import type { Logger } from './log.ts'
 import { backoffMs } from './processor.ts'
+import { sleep } from './retrier.ts'
 
 /**
  * A fetching follower's have-map goes out at most this often. Every gossip message costs each node a
@@ -267,12 +268,4 @@ function shuffle<T> (items: T[]): T[] {
     items[j] = t
   }
   return items
-}
-
-async function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return
-  await new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms)
-    signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
-  })
 }

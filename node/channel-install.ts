@@ -35,8 +35,6 @@ export interface InstallInit {
   from: string
   leaves: readonly Leaf[]
   nodes: readonly DagNode[]
-  /** Called right after the rename, with the version's path (before it is recorded). */
-  onMoved?: (file: string) => void
   /** Further changes to the record in the same batch (e.g. the publisher's counter). */
   amend?: (rec: ChannelRecord) => ChannelRecord
 }
@@ -103,7 +101,6 @@ export class ChannelInstaller {
   async #installLocked (ann: ChannelAnnounceMessage, init: InstallInit): Promise<ChannelVersion> {
     const channel = ann.channel
     const file = await this.#disk.commitVersion(init.from, channel, ann.version)
-    init.onMoved?.(file)
     const version: ChannelVersion = { version: ann.version, cid: ann.cid, size: ann.size, name: ann.name, file: path.basename(file), installedAt: new Date().toISOString() }
     let rec = withInstalled(await this.get(channel), version)
     if (rec.newest == null || rec.newest.version < ann.version) rec = { ...rec, newest: ann }

@@ -19,7 +19,7 @@ import type { FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { isChannelName } from '../protocols/messages.ts'
 import { versionFileName } from './channel-record.ts'
-import { ensureDir, fsyncDir, syncHandle } from './fsutil.ts'
+import { ensureDir, fsyncDir, renameDurable, syncHandle } from './fsutil.ts'
 
 export const INCOMING_DIR = '.incoming'
 /** A staged publish file: a random ID the CLI chose, nothing a request could turn into a path. */
@@ -103,9 +103,7 @@ export class ChannelStore {
     await ensureDir(this.dir(channel))
     const to = this.versionPath(channel, version)
     await fs.chmod(from, 0o444)
-    await fs.rename(from, to)
-    await fsyncDir(path.dirname(to))
-    if (path.dirname(from) !== path.dirname(to)) await fsyncDir(path.dirname(from))
+    await renameDurable(from, to)
     return to
   }
 

@@ -22,6 +22,7 @@ import type { BlockClient } from './block-client.ts'
 import type { LocalBlocks } from './block-store.ts'
 import type { Logger } from './log.ts'
 import { writeFully } from './fsutil.ts'
+import { messageOf } from '../protocols/blocks.ts'
 
 /** File bytes fetched per segment (16 leaves). */
 export const DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
@@ -271,8 +272,4 @@ async function readFully (fh: FileHandle, buf: Uint8Array, position: number): Pr
     if (bytesRead === 0) throw new Error(`temp file ended at ${position + done}, expected ${position + buf.byteLength} bytes`)
     done += bytesRead
   }
-}
-
-function messageOf (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
 }

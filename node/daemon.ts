@@ -268,23 +268,28 @@ export class Daemon {
   }
 
   async #dispatch (from: string, msg: ControlRequest): Promise<ControlReply> {
-    // Reports about a file this node archives and stands by for (or coordinates after a takeover), and did not
-    // accept itself, go to the backup's coordinator (node/takeover.ts).
-    const standby = msg.type === 'receipt' || msg.type === 'lease' || msg.type === 'decline' || msg.type === 'progress' || msg.type === 'archived'
-      ? this.#standby != null && await this.#standby.coordinates(msg.cid) && await this.#store?.getIngest(msg.cid) == null
-      : false
+    const noFiles = (): ControlReply => refuse('wrong-role', 'this node coordinates no files')
     switch (msg.type) {
       case 'assign': return this.#holder != null ? await this.#holder.onAssign(from, msg) : refuse('wrong-role', 'this node holds no files')
       case 'coordinate': return this.#standby != null ? await this.#standby.onCoordinate(from, msg) : refuse('wrong-role', 'this node has no archive')
-      case 'receipt': return standby ? await (this.#standby as BackupCoordinator).onReceipt(from, msg) : this.#ingest != null ? await this.#ingest.onReceipt(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'lease': return standby ? await (this.#standby as BackupCoordinator).onLease(from, msg) : this.#ingest != null ? await this.#ingest.onLease(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'decline': return standby ? await (this.#standby as BackupCoordinator).onDecline(from, msg) : this.#ingest != null ? await this.#ingest.onDecline(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'receipt': { const c = await this.#coordinatorOf(msg.cid); return c != null ? await c.onReceipt(from, msg) : noFiles() }
+      case 'lease': { const c = await this.#coordinatorOf(msg.cid); return c != null ? await c.onLease(from, msg) : noFiles() }
+      case 'decline': { const c = await this.#coordinatorOf(msg.cid); return c != null ? await c.onDecline(from, msg) : noFiles() }
       case 'has': return this.#fetchByCid != null ? await this.#fetchByCid.onHas(from, msg) : refuse('not-ready', 'node is starting')
-      case 'progress': return standby ? await (this.#standby as BackupCoordinator).onProgress(from, msg) : this.#ingest != null ? await this.#ingest.onProgress(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'archived': return standby ? await (this.#standby as BackupCoordinator).onArchived(from, msg) : this.#ingest != null ? await this.#ingest.onArchived(from, msg) : refuse('wrong-role', 'this node coordinates no files')
-      case 'handoff': return this.#ingest != null ? await this.#ingest.onHandoff(from, msg) : refuse('wrong-role', 'this node coordinates no files')
+      case 'progress': { const c = await this.#coordinatorOf(msg.cid); return c != null ? await c.onProgress(from, msg) : noFiles() }
+      case 'archived': { const c = await this.#coordinatorOf(msg.cid); return c != null ? await c.onArchived(from, msg) : noFiles() }
+      case 'handoff': return this.#ingest != null ? await this.#ingest.onHandoff(from, msg) : noFiles()
       case 'replicate': return this.#holder != null ? await this.#holder.onReplicate(from, msg) : refuse('wrong-role', 'this node has no archive')
     }
+  }
+
+  /**
+   * Who answers reports about `cid`: the backup's coordinator for a file this node archives and stands by for
+   * (or coordinates after a takeover) and did not accept itself (node/takeover.ts), else the ingest service.
+   */
+  async #coordinatorOf (cid: string): Promise<BackupCoordinator | IngestService | undefined> {
+    if (this.#standby != null && await this.#standby.coordinates(cid) && await this.#store?.getIngest(cid) == null) return this.#standby
+    return this.#ingest
   }
 
   /**

@@ -18,7 +18,7 @@ import { parseCid, rawLeafCid } from '../protocols/cid-policy.ts'
 import { BLOCK_BYTES } from '../protocols/limits.ts'
 import { buildFileDag } from '../protocols/unixfs.ts'
 import { parseHostPort } from './api.ts'
-import { fsyncDir } from './fsutil.ts'
+import { ExistsError, fsyncDir, linkNoClobber } from './fsutil.ts'
 
 /** Why a get failed; the CLI maps each to its exit code. */
 export type GetFailure = 'usage' | 'bad-cid' | 'unreachable' | 'unauthorized' | 'not-found' | 'busy' | 'timeout' | 'interrupted' | 'exists' | 'failed'
@@ -194,9 +194,9 @@ class FileSink implements Sink {
     } else {
       // link() never replaces an existing file, unlike rename(): PATH created meanwhile is left alone.
       try {
-        await fs.link(this.#part, this.#path)
+        await linkNoClobber(this.#part, this.#path)
       } catch (err: any) {
-        if (err?.code === 'EEXIST') throw new GetError('exists', `${this.#path} appeared while fetching; pass --force to replace it`)
+        if (err instanceof ExistsError) throw new GetError('exists', `${this.#path} appeared while fetching; pass --force to replace it`)
         if (err?.code !== 'EPERM' && err?.code !== 'ENOTSUP' && err?.code !== 'EXDEV') throw err
         await fs.rename(this.#part, this.#path) // no hard links on this filesystem
       }

@@ -42,11 +42,11 @@ import type { LocalBlocks } from './block-store.ts'
 import type { InflightFetch } from './inflight-blocks.ts'
 import { ownShare, swarmShare } from './swarm.ts'
 import type { SwarmShare } from './swarm.ts'
-import { ensureDir, errnoCode, freeBytes, fsyncDir, renameDurable, syncHandle } from './fsutil.ts'
+import { ensureDir, errnoCode, freeBytes, fsyncDir, renameDurable, syncHandle, writeFully } from './fsutil.ts'
 import type { Logger } from './log.ts'
 import { backoffMs, killOrphanedCommand, runProcessingCommand } from './processor.ts'
 import { KeyedLock } from './keyed-lock.ts'
-import { Retrier } from './retrier.ts'
+import { Retrier, sleep } from './retrier.ts'
 import { ThrottledLog } from './rate-limit.ts'
 import type { Store } from './store.ts'
 
@@ -471,7 +471,7 @@ export class HolderService {
       for (const leaf of leaves) {
         // Verified already: by LocalBlocks, or by resolveLeaves (`known`).
         const bytes = sources.length === 0 || leaf.length === 0 ? await this.#local.getBlock(leaf.cid) : options.known?.get(leaf.cid.toString())
-        if (bytes != null) await fh.write(bytes, 0, bytes.byteLength, leaf.offset)
+        if (bytes != null) await writeFully(fh, bytes, leaf.offset)
         else remote.push(leaf)
       }
       if (remote.length > 0) {
@@ -805,12 +805,4 @@ export class HolderService {
       this.#schedule(rec)
     }
   }
-}
-
-async function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return
-  await new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms)
-    signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
-  })
 }

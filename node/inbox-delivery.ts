@@ -41,16 +41,6 @@ export class DeliveryQueue<T> {
     this.#maxQueued = Math.max(1, init.maxQueued ?? Infinity)
   }
 
-  /** Items waiting (not yet handed out). */
-  get queued (): number {
-    return this.#queue.length
-  }
-
-  /** Hand-offs in flight. */
-  get active (): number {
-    return this.#running.size
-  }
-
   /** Queues as many of `items` as fit; returns those that did not (they must be offered again later). */
   offer (items: T[]): T[] {
     const refused: T[] = []
@@ -64,9 +54,9 @@ export class DeliveryQueue<T> {
     return refused
   }
 
-  /** Drops queued items that no longer pass `keep`. */
-  filter (keep: (item: T) => boolean): void {
-    this.#queue = this.#queue.filter(keep)
+  /** Drops queued items that are no longer current (`init.isCurrent`). */
+  prune (): void {
+    this.#queue = this.#queue.filter(this.#init.isCurrent)
   }
 
   /** Stops handing out; resolves when the hand-offs in flight have settled. */

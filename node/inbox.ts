@@ -32,9 +32,6 @@ import { DeliveryQueue } from './inbox-delivery.ts'
 
 export { isIgnoredName, isSidecarName } from './inbox-rules.ts'
 export type { FileFingerprint, MonotonicClock, Readiness } from './inbox-rules.ts'
-export { SIDECAR_BYTES_MAX } from './inbox-sidecar.ts'
-export { TEMP_INODE_TTL_MS, TEMP_INODES_MAX, WATCH_EVIDENCE_TTL_MS } from './inbox-evidence.ts'
-export { DEFAULT_OPEN_WRITER_SCAN_GAP_MS, OPEN_WRITER_SCAN_GAP_FACTOR } from './inbox-writers.ts'
 
 export const DEFAULT_RESCAN_INTERVAL_MS = 2_000
 export const DEFAULT_SETTLE_MS = 200
@@ -356,7 +353,7 @@ export class InboxWatcher {
     await mapLimit(temps, STAT_CONCURRENCY, async (p) => { await trackTemp(this.#temps, p, () => this.#clock.nowMs()) })
     await mapLimit(candidates, STAT_CONCURRENCY, async (name) => { await this.#entries.observe(name, scanId) })
     this.#entries.forgetUnseen(scanId)
-    this.#queue.filter((e) => e.state === 'queued' && this.#entries.has(e))
+    this.#queue.prune()
     const now = this.#clock.nowMs()
     this.#events?.evidence.prune(names, now)
     this.#temps.prune(now)

@@ -15,20 +15,14 @@
  * that finds other bytes there (the file was replaced) fails the CID check and answers NOT_FOUND.
  */
 import type { CID } from 'multiformats/cid'
+import type { Leaf } from '../protocols/unixfs.ts'
+import type { LeafLocation } from './store.ts'
 
-/** Where a block's bytes are: a byte range of a plain file. */
-export interface BlockLocation {
-  path: string
-  offset: number
-  length: number
-}
+/** Where a block's bytes are: a byte range of a plain file (the store's index entry). */
+export type BlockLocation = LeafLocation
 
 /** A leaf of a file being fetched: its CID and its byte range in the file. */
-export interface InflightLeaf {
-  cid: CID
-  offset: number
-  length: number
-}
+export type InflightLeaf = Leaf
 
 export interface InflightStats {
   /** Fetches registered now (begun and not ended). */

@@ -13,6 +13,7 @@
  * (`start()` re-drives every hand-off that was under way), and the draining node keeps serving its blocks
  * until it stops.
  */
+import { CONTROL_SOURCES_MAX } from '../protocols/limits.ts'
 import type { HolderRecord } from './core/lifecycle.ts'
 import { handoffChosen, handoffDone } from './core/lifecycle.ts'
 import { successor } from './core/coordinator.ts'
@@ -21,6 +22,7 @@ import { ControlRequestError } from './control.ts'
 import type { ControlChannel } from './control.ts'
 import type { Logger } from './log.ts'
 import type { Store } from './store.ts'
+import { sleep } from './retrier.ts'
 
 export interface ArchiveHandoffComponents {
   store: Store
@@ -47,8 +49,6 @@ export const DEFAULT_HANDOFF_RESCAN_INTERVAL_MS = 5_000
 export const DEFAULT_HANDOFF_RETRY_MAX_MS = 15_000
 /** Attempts to reach the file's coordinator with the hand-off notice before going on without it. */
 const NOTICE_ATTEMPTS_MAX = 3
-/** Sources named in one replicate message (the decoder's limit). */
-const SOURCES_MAX = 16
 /** Refusals that mean "not this target": the next backup in rendezvous order is asked instead. */
 const TARGET_REFUSALS = new Set(['wrong-role', 'draining', 'disk-full', 'not-backup', 'bad-cid', 'bad-message'])
 
@@ -151,7 +151,7 @@ export class ArchiveHandoff {
         await this.#c.updateBackup(cid, (r) => r.state === 'stored' && r.handoffAckedAt == null && r.handoffTo !== to ? handoffChosen(r, to) : undefined)
         log.info('handing off an archive copy', { cid, to, name: rec.name, bytes: rec.size })
       }
-      const sources = [selfId, ...rec.sources.filter((p) => p !== selfId && p !== to)].filter((p, i, all) => all.indexOf(p) === i).slice(0, SOURCES_MAX)
+      const sources = [selfId, ...rec.sources.filter((p) => p !== selfId && p !== to)].filter((p, i, all) => all.indexOf(p) === i).slice(0, CONTROL_SOURCES_MAX)
       try {
         await control.request(to, { type: 'replicate', v: 1, cid, name: rec.name, size: rec.size, epoch: rec.epoch, sources }, { signal })
       } catch (err) {
@@ -204,13 +204,4 @@ export class ArchiveHandoff {
       }
     }
   }
-}
-
-async function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return
-  await new Promise<void>((resolve) => {
-    const t = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve() }, ms)
-    const onAbort = (): void => { clearTimeout(t); resolve() }
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
 }

@@ -73,3 +73,13 @@ export class Retrier {
     }
   }
 }
+
+/** Waits `ms`, or less if `signal` aborts first (then resolves, never rejects). */
+export async function sleep (ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return
+  await new Promise<void>((resolve) => {
+    const t = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve() }, ms)
+    const onAbort = (): void => { clearTimeout(t); resolve() }
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}

@@ -111,6 +111,7 @@ export function decodeBlockResponse (frame: Uint8Array): BlockResponse {
   }
 }
 
-function messageOf (err: unknown): string {
+/** The message of an error, or the thrown value as a string. */
+export function messageOf (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }

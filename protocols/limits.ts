@@ -97,5 +97,7 @@ export const BLOCK_REQUESTS_WAITING_MAX = 128
 export const GET_REQUESTS_MAX = 4
 /** Holders one get pulls from at once; the search for holders stops once this many said yes. */
 export const GET_SOURCES_MAX = 4
+/** Block sources named in one assign or replicate message. */
+export const CONTROL_SOURCES_MAX = 16
 /** "Who has this root CID?" control requests one get keeps in flight. */
 export const GET_HOLDER_QUERIES_IN_FLIGHT_MAX = 16

@@ -5,7 +5,7 @@
  * checked, and refuses anything over its size limit before parsing. Pure: no I/O.
  * Broadcast channels have their own gossip topic and decoder (decodeChannelMessage, at the end).
  */
-import { CHANNEL_HAVE_BITMAP_BLOCKS_MAX, CHANNEL_NAME_BYTES_MAX, CONTROL_MESSAGE_BYTES_MAX, COORDINATE_PEERS_MAX, FILE_BYTES_MAX, FILE_LEAVES_MAX, GOSSIP_MESSAGE_BYTES_MAX, HEARTBEAT_ADDRS_MAX } from './limits.ts'
+import { CHANNEL_HAVE_BITMAP_BLOCKS_MAX, CHANNEL_NAME_BYTES_MAX, CONTROL_MESSAGE_BYTES_MAX, CONTROL_SOURCES_MAX, COORDINATE_PEERS_MAX, FILE_BYTES_MAX, FILE_LEAVES_MAX, GOSSIP_MESSAGE_BYTES_MAX, HEARTBEAT_ADDRS_MAX } from './limits.ts'
 import { isRole } from './roles.ts'
 import type { Role } from './roles.ts'
 
@@ -262,7 +262,7 @@ export function decodeControlRequest (bytes: Uint8Array): ControlRequest {
   const epoch = int(obj, 'epoch', 1, Number.MAX_SAFE_INTEGER)
   switch (obj.type) {
     case 'assign': {
-      const msg: AssignMessage = { type: 'assign', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), role: holderRole(obj), sources: strList(obj, 'sources', 16) }
+      const msg: AssignMessage = { type: 'assign', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), role: holderRole(obj), sources: strList(obj, 'sources', CONTROL_SOURCES_MAX) }
       if (obj.backup !== undefined) msg.backup = str(obj, 'backup', 128)
       return msg
     }
@@ -275,7 +275,7 @@ export function decodeControlRequest (bytes: Uint8Array): ControlRequest {
     case 'decline':
       return { type: 'decline', v: 1, cid, epoch, role: holderRole(obj), reason: str(obj, 'reason', 256) }
     case 'replicate':
-      return { type: 'replicate', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), sources: strList(obj, 'sources', 16) }
+      return { type: 'replicate', v: 1, cid, epoch, name: str(obj, 'name'), size: int(obj, 'size', 0, FILE_BYTES_MAX), sources: strList(obj, 'sources', CONTROL_SOURCES_MAX) }
     case 'archived':
       return { type: 'archived', v: 1, cid, epoch }
     case 'handoff':

@@ -164,10 +164,7 @@ export class ChurnMesh {
   }
 
   async status (name: string): Promise<NodeStatus> {
-    const d = this.mesh.get(name)
-    const res = await fetch(`http://${d.info.api}/api/status`, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS), headers: this.#apiToken != null ? { authorization: `Bearer ${this.#apiToken}` } : {} })
-    if (!res.ok) throw new Error(`${name}: status answered ${res.status}`)
-    return await res.json() as NodeStatus
+    return await this.mesh.status(name, STATUS_TIMEOUT_MS)
   }
 
   /**

@@ -85,8 +85,8 @@ export class LocalMesh {
     return d
   }
 
-  async status (name: string): Promise<NodeStatus> {
-    const res = await fetch(`http://${this.get(name).info.api}/api/status`, { signal: AbortSignal.timeout(10_000), headers: this.#apiToken != null ? { authorization: `Bearer ${this.#apiToken}` } : {} })
+  async status (name: string, timeoutMs = 10_000): Promise<NodeStatus> {
+    const res = await fetch(`http://${this.get(name).info.api}/api/status`, { signal: AbortSignal.timeout(timeoutMs), headers: this.#apiToken != null ? { authorization: `Bearer ${this.#apiToken}` } : {} })
     if (!res.ok) throw new Error(`${name}: status answered ${res.status}`)
     return await res.json() as NodeStatus
   }

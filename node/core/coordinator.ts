@@ -25,7 +25,7 @@ export function inPlay (rec: IngestRecord): boolean {
 }
 
 /** The owner matters until processing finished one way or the other. */
-export function ownerWatched (rec: IngestRecord): boolean {
+export function ownerWatched (rec: Pick<IngestRecord, 'processing'>): boolean {
   return rec.processing === 'pending' || rec.processing === 'processing'
 }
 

@@ -57,7 +57,7 @@ export function standbyOffered (current: StandbyRecord | undefined, ingest: stri
 
 /** The standby matters while the file is not processed (nor failed for good): the same rule as ownerWatched. */
 export function standbyWatched (rec: StandbyRecord): boolean {
-  return rec.processing === 'pending' || rec.processing === 'processing'
+  return ownerWatched(rec)
 }
 
 /** True when the backup should take over: not yet, the file still unprocessed, the ingest absent past the takeover grace. */
